@@ -171,3 +171,81 @@ def write_predictions(predictions: pd.DataFrame, path: str | Path) -> Path:
     else:
         predictions.to_csv(path, index=False)
     return path
+
+
+# Job columns copied into every predictions table. Timestamps let the report
+# draw a timeline per run; the rest identifies the job.
+PREDICTION_ID_COLUMNS = (
+    "workflow",
+    "run",
+    "job",
+    "job_type",
+    "transformation",
+    "host",
+    "anomaly_type",
+    "label",
+)
+PREDICTION_TIME_COLUMNS = ("ready", "submit", "execute_start", "execute_end")
+
+
+def build_predictions(
+    jobs: pd.DataFrame, scores: Sequence[float], *, threshold: float
+) -> pd.DataFrame:
+    """Return one row per job: identifiers, times, score and predicted label."""
+    scores = np.asarray(scores, dtype=float)
+    if len(scores) != len(jobs):
+        raise ValueError(
+            f"got {len(scores)} scores for {len(jobs)} jobs; pass one score per job"
+        )
+    columns = [c for c in (*PREDICTION_ID_COLUMNS, *PREDICTION_TIME_COLUMNS) if c in jobs]
+    predictions = jobs[columns].reset_index(drop=True).copy()
+    predictions["score"] = scores
+    predictions["predicted"] = (scores >= threshold).astype(int)
+    return predictions
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    jobs: pd.DataFrame,
+    scores: Sequence[float],
+    *,
+    threshold: float,
+    meta: dict | None = None,
+) -> dict:
+    """Write ``metrics.json`` and ``predictions.csv`` for one evaluation.
+
+    Parameters
+    ----------
+    out_dir
+        Folder to create or reuse.
+    jobs
+        The evaluated jobs (with ``label`` and ``anomaly_type``).
+    scores
+        Anomaly score per job, in [0, 1].
+    threshold
+        Decision threshold, chosen on validation.
+    meta
+        Provenance stored under ``"meta"`` in ``metrics.json``: data, split,
+        seed, method, model, template, flowad version.
+
+    Returns
+    -------
+    dict
+        The metrics, including ``meta``.
+    """
+    from flowad import __version__
+
+    out_dir = Path(out_dir)
+    metrics = compute_metrics(
+        jobs["label"].to_numpy(),
+        scores,
+        threshold=threshold,
+        anomaly_types=jobs["anomaly_type"].to_numpy(),
+    )
+    metrics["meta"] = {"flowad_version": __version__, **(meta or {})}
+    write_metrics(metrics, out_dir / "metrics.json")
+    write_predictions(
+        build_predictions(jobs, scores, threshold=threshold),
+        out_dir / "predictions.csv",
+    )
+    return metrics
