@@ -19,6 +19,9 @@ from flowad.exceptions import FlowadError
 
 logger = logging.getLogger("flowad")
 
+# Template of the main job; run-context sentences carry the most signal.
+DEMO_TEMPLATE = "compact"
+
 
 def _add_data_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
     """Add --data, --skip-bad-runs and, optionally, the split options."""
@@ -107,6 +110,384 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- baseline, report
+
+
+def _add_baseline_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "baseline",
+        help="Train a classical model on the same split and fields as the "
+        "language models and evaluate it on test.",
+    )
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--model",
+        choices=("lr", "rf", "gbdt", "iforest"),
+        default="gbdt",
+        help="Logistic regression, random forest, gradient boosting or "
+        "isolation forest (default: gbdt).",
+    )
+    parser.add_argument(
+        "--features",
+        choices=("published", "context"),
+        default="published",
+        help="The nine published fields, or those plus run-context columns "
+        "(default: published).",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Worker processes for rf and iforest (default: 1).",
+    )
+    parser.add_argument("--out", required=True, help="Evaluation folder to write.")
+    parser.set_defaults(handler=_cmd_baseline)
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from flowad.baselines import BaselineDetector
+    from flowad.evaluate import format_metrics_table, write_evaluation
+
+    jobs, split = _load_split(args)
+    detector = BaselineDetector(
+        args.model, features=args.features, seed=args.seed, n_jobs=args.jobs
+    )
+    detector.fit(split.part(jobs, "train"), split.part(jobs, "validation"))
+    test_jobs = split.part(jobs, "test")
+    metrics = write_evaluation(
+        args.out,
+        test_jobs,
+        detector.predict_proba(test_jobs),
+        threshold=detector.threshold_,
+        meta={
+            "data": args.data,
+            "split": args.split,
+            "seed": args.seed,
+            "method": "baseline",
+            "model": args.model,
+            "features": args.features,
+            "template": args.features,
+        },
+    )
+    print(format_metrics_table(metrics, title=f"baseline {args.model}, test jobs"))
+    print(f"\nwrote {Path(args.out) / 'metrics.json'} and predictions.csv")
+    return 0
+
+
+def _add_report_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="Write one self-contained HTML report of evaluation folders."
+    )
+    parser.add_argument(
+        "results",
+        nargs="+",
+        help="Evaluation folders (metrics.json and predictions.csv).",
+    )
+    parser.add_argument("--out", required=True, help="HTML file to write.")
+    parser.add_argument(
+        "--title", default="flowad report", help="Heading of the report."
+    )
+    parser.add_argument(
+        "--timeline-runs",
+        type=int,
+        default=4,
+        help="Runs drawn as host timelines per folder (default: 4).",
+    )
+    parser.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from flowad.report import build_report
+
+    path = build_report(
+        args.results,
+        args.out,
+        title=args.title,
+        max_timeline_runs=args.timeline_runs,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- train, evaluate, predict, demo
+
+
+def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fine-tuning hyperparameters of FinetuneConfig."""
+    parser.add_argument(
+        "--model",
+        help="Pretrained model folder or hub id (default: packaged all-MiniLM-L6-v2).",
+    )
+    parser.add_argument(
+        "--template", default="compact", help="Sentence template name (default: compact)."
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="Training epochs (default: 3)."
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="Training batch size (default: 32)."
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=5e-5,
+        help="Peak learning rate of AdamW (default: 5e-5).",
+    )
+    parser.add_argument(
+        "--max-train-jobs",
+        type=int,
+        help="Train on a seeded random subsample of this many jobs (default: all).",
+    )
+    parser.add_argument(
+        "--max-validation-jobs",
+        type=int,
+        help="Validate on a seeded subsample of this many jobs (default: all).",
+    )
+    parser.add_argument(
+        "--label-column",
+        choices=("label", "anomaly_kind", "anomaly_type"),
+        default="label",
+        help="Classes to learn: binary label (default), normal/cpu/hdd, or each level.",
+    )
+    parser.add_argument(
+        "--class-weight",
+        choices=("balanced",),
+        help="Weight the loss by inverse class frequency.",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="Hide progress bars."
+    )
+
+
+def _finetune_config(args: argparse.Namespace):
+    """Build a FinetuneConfig from parsed arguments."""
+    from flowad.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        model=args.model,
+        template=args.template,
+        label_column=args.label_column,
+        num_epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_train_jobs=args.max_train_jobs,
+        max_validation_jobs=args.max_validation_jobs,
+        class_weight=args.class_weight,
+        seed=args.seed,
+        show_progress_bar=not args.no_progress,
+    )
+
+
+def _data_meta(args: argparse.Namespace) -> dict:
+    """Return the provenance of the data and split named by the arguments."""
+    return {
+        "data": [str(path) for path in args.data],
+        "split": args.split,
+        "seed": args.seed,
+        "paper_splits": args.paper_splits,
+    }
+
+
+def _add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="Fine-tune a language model on the training part of a split."
+    )
+    _add_data_arguments(parser)
+    _add_finetune_arguments(parser)
+    parser.add_argument("--out", required=True, help="Folder for the fine-tuned model.")
+    parser.set_defaults(handler=_cmd_train)
+
+
+def _train(args: argparse.Namespace, jobs, split):
+    """Fit and save a detector on the split's training part."""
+    from flowad.finetune import TextClassifierDetector
+
+    detector = TextClassifierDetector(_finetune_config(args))
+    detector.fit(split.part(jobs, "train"), split.part(jobs, "validation"))
+    detector.save(args.out, extra=_data_meta(args))
+    return detector
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flowad.evaluate import format_metrics_table
+
+    jobs, split = _load_split(args)
+    detector = _train(args, jobs, split)
+    print(
+        format_metrics_table(
+            detector.metadata_["validation_metrics"],
+            title=f"validation metrics ({split.name} split, seed {args.seed})",
+        )
+    )
+    print(f"\nmodel saved to {args.out}")
+    return 0
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="Score one part of a split and write metrics.json."
+    )
+    parser.add_argument("--model", required=True, help="Folder written by `flowad train`.")
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--part",
+        choices=("test", "validation", "train"),
+        default="test",
+        help="Part of the split to evaluate (default: test).",
+    )
+    parser.add_argument(
+        "--out", required=True, help="Folder for metrics.json and predictions.csv."
+    )
+    parser.set_defaults(handler=_cmd_evaluate)
+
+
+def _evaluate(detector, jobs, split, args: argparse.Namespace, part: str) -> dict:
+    """Score one part, write the evaluation folder and return its metrics."""
+    from flowad.evaluate import write_evaluation
+
+    selected = split.part(jobs, part)
+    scores = detector.predict_proba(selected)
+    meta = {
+        **_data_meta(args),
+        "part": part,
+        "method": "sft",
+        "model": str(args.model) if args.command == "evaluate" else args.out,
+        "base_model": detector.metadata_.get("base_model"),
+        "template": detector.template_,
+    }
+    return write_evaluation(
+        args.eval_out, selected, scores, threshold=detector.threshold_, meta=meta
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flowad.evaluate import format_metrics_table
+    from flowad.finetune import TextClassifierDetector
+
+    detector = TextClassifierDetector.load(args.model)
+    jobs, split = _load_split(args)
+    args.eval_out = args.out
+    metrics = _evaluate(detector, jobs, split, args, args.part)
+    print(
+        format_metrics_table(
+            metrics, title=f"{args.part} metrics ({split.name} split, seed {args.seed})"
+        )
+    )
+    print(f"\nmetrics written to {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _add_predict_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="Score every job of the given runs with a fine-tuned model."
+    )
+    parser.add_argument("--model", required=True, help="Folder written by `flowad train`.")
+    _add_data_arguments(parser, split=False)
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="Output file: .csv, or .parquet for Parquet.",
+    )
+    parser.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from flowad.evaluate import build_predictions, write_predictions
+    from flowad.finetune import TextClassifierDetector
+
+    detector = TextClassifierDetector.load(args.model)
+    jobs = _load(args)
+    scores = detector.predict_proba(jobs)
+    predictions = build_predictions(jobs, scores, threshold=detector.threshold_)
+    predictions = predictions.rename(columns={"score": "probability"})
+    write_predictions(predictions, args.out)
+    flagged = int(predictions["predicted"].sum())
+    print(f"{len(predictions)} jobs scored, {flagged} flagged anomalous; written to {args.out}")
+    return 0
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="Main job: fine-tune on the runs split, evaluate on test, write a report.",
+    )
+    _add_data_arguments(parser)
+    _add_finetune_arguments(parser)
+    parser.set_defaults(
+        template=DEMO_TEMPLATE,
+        epochs=2,
+        max_train_jobs=6000,
+        max_validation_jobs=2000,
+    )
+    parser.add_argument("--out", required=True, help="Output folder.")
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from flowad.evaluate import format_metrics_table, write_predictions
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    jobs, split = _load_split(args)
+    sizes = split.sizes()
+    print(
+        f"{len(jobs)} jobs in {jobs['run'].nunique()} runs; {split.name} split "
+        f"(seed {args.seed}): {sizes['train']} train / {sizes['validation']} "
+        f"validation / {sizes['test']} test jobs"
+    )
+    args.out = str(out / "model")
+    detector = _train(args, jobs, split)
+    args.eval_out = str(out / "evaluation")
+    metrics = _evaluate(detector, jobs, split, args, "test")
+    print()
+    print(format_metrics_table(metrics, title="test metrics (runs never seen in training)"))
+    everything = detector.predict_proba(jobs)
+    from flowad.evaluate import build_predictions
+
+    write_predictions(
+        build_predictions(jobs, everything, threshold=detector.threshold_).rename(
+            columns={"score": "probability"}
+        ),
+        out / "predictions.csv",
+    )
+    report = _write_demo_report(args, jobs, split, out)
+    print()
+    print(f"model:       {out / 'model'}")
+    print(f"metrics:     {out / 'evaluation' / 'metrics.json'}")
+    print(f"predictions: {out / 'predictions.csv'} (every job)")
+    if report is not None:
+        print(f"report:      {report}")
+    print(f"finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _write_demo_report(args: argparse.Namespace, jobs, split, out: Path):
+    """Run the gradient-boosting baseline beside the model and build the report."""
+    from flowad.baselines import BaselineDetector
+    from flowad.evaluate import write_evaluation
+    from flowad.report import build_report
+
+    baseline = BaselineDetector("gbdt", features="published", seed=args.seed)
+    baseline.fit(split.part(jobs, "train"), split.part(jobs, "validation"))
+    test_jobs = split.part(jobs, "test")
+    write_evaluation(
+        out / "baseline-gbdt",
+        test_jobs,
+        baseline.predict_proba(test_jobs),
+        threshold=baseline.threshold_,
+        meta={
+            **_data_meta(args),
+            "part": "test",
+            "method": "baseline",
+            "model": "gbdt",
+            "template": "published",
+        },
+    )
+    return build_report([out / "evaluation", out / "baseline-gbdt"], out / "report.html")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -126,7 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PARSERS = [_add_data_parser]
+_PARSERS = [
+    _add_data_parser,
+    _add_train_parser,
+    _add_evaluate_parser,
+    _add_predict_parser,
+    _add_demo_parser,
+    _add_baseline_parser,
+    _add_report_parser,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
