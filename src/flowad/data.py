@@ -2,7 +2,7 @@
 
 A Flow-Bench run is one CSV file with one row per job: column 0 (empty header)
 holds the job name and 44 named columns hold the label, timestamps, durations,
-transfer volumes and the kickstart record (see ``SCHEMA_COLUMNS``). Runs are
+transfer volumes and the kickstart record (see ``REQUIRED_COLUMNS``). Runs are
 read from zip archives (in memory, never extracted), folders searched
 recursively, or single CSV files, and are concatenated into one
 :class:`pandas.DataFrame` of jobs with these extra columns:
@@ -26,6 +26,7 @@ import logging
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ RUN_NAME_PATTERN = re.compile(r"^(?P<workflow>.+?)-run(?P<number>\d+)$")
 _SPELLED_NON_FINITE = re.compile(
     r"(?:^|,)\s*[+-]?(?:nan|inf(?:inity)?)\s*(?:,|$)", re.IGNORECASE | re.MULTILINE
 )
+# The line number in a pandas tokenizer error ("Expected 45 fields in line 6").
+_PARSER_LINE = re.compile(r"\bline (\d+)\b")
 METADATA_COLUMNS = (
     "workflow",
     "run",
@@ -118,11 +121,16 @@ METADATA_COLUMNS = (
 
 @dataclass(frozen=True)
 class RunFile:
-    """One run CSV: where it comes from and its raw bytes."""
+    """One run CSV: where it comes from and its raw bytes.
+
+    ``error`` is set instead of ``content`` when the file could not be read
+    (a damaged zip member), so that ``skip_bad_runs`` can skip this run alone.
+    """
 
     source: str
     name: str
     content: bytes
+    error: DataError | None = None
 
 
 def _iter_zip(path: Path) -> Iterator[RunFile]:
@@ -149,14 +157,19 @@ def _iter_zip(path: Path) -> Iterator[RunFile]:
             )
         for info in members:
             source = f"{path}::{info.filename}"
+            name = Path(info.filename).stem
             try:
                 content = archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as error:
-                raise DataError(
-                    f"member cannot be read ({error}); the archive is damaged",
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+                damaged = DataError(
+                    f"member cannot be read ({error}); the archive is damaged, "
+                    "re-download or re-create it",
                     path=source,
-                ) from error
-            yield RunFile(source, Path(info.filename).stem, content)
+                )
+                damaged.__cause__ = error
+                yield RunFile(source, name, b"", error=damaged)
+                continue
+            yield RunFile(source, name, content)
 
 
 def _iter_run_files(paths: Iterable[str | Path]) -> Iterator[RunFile]:
@@ -203,7 +216,15 @@ def _read_strings(text: str, source: str) -> pd.DataFrame:
             io.StringIO(text), dtype=str, keep_default_na=False, index_col=False
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"not a valid CSV file ({error})", path=source) from error
+        reason = str(error).strip()
+        # pandas numbers lines from 1 with the header as line 1, as DataError does.
+        line = _PARSER_LINE.search(reason)
+        raise DataError(
+            f"not a valid CSV file ({reason}); check the quoting and the number "
+            "of fields per line",
+            path=source,
+            row=int(line.group(1)) if line else None,
+        ) from error
 
 
 def _parse_csv(run_file: RunFile) -> pd.DataFrame:
@@ -247,6 +268,9 @@ def _parse_csv(run_file: RunFile) -> pd.DataFrame:
             )
         except (ValueError, pd.errors.ParserError):
             frame = None
+    # A number too large for a double (1e400) parses to inf on the fast path.
+    if frame is not None and np.isinf(frame[list(NUMERIC_COLUMNS)].to_numpy()).any():
+        frame = None
     if frame is None:
         frame = _check_numeric(_read_strings(text, run_file.source), run_file.source)
     if frame.empty:
@@ -289,7 +313,8 @@ def _check_durations(frame: pd.DataFrame, source: str) -> None:
         if negative.any():
             index = int(np.flatnonzero(negative)[0])
             raise DataError(
-                f"durations cannot be negative, got {frame[column].iloc[index]!r}",
+                "durations cannot be negative, got "
+                f"{float(frame[column].iloc[index])!r}",
                 path=source,
                 row=index + 2,
                 field=column,
@@ -338,6 +363,8 @@ def read_run(run_file: RunFile) -> pd.DataFrame:
         If the file is not valid UTF-8 CSV in the Flow-Bench schema, or a
         job name repeats, a label is unknown, or a number is invalid.
     """
+    if run_file.error is not None:
+        raise run_file.error
     frame = _parse_csv(run_file)
     job_column = frame.columns[0]
     if job_column in REQUIRED_COLUMNS:
