@@ -648,8 +648,7 @@ class TestReadTextSplit:
         path.write_text("sentence,label\nwms_delay is 1.0 ,0\n")
 
         expected = (
-            f"{path}, line 1: expected the header 'text,label', got "
-            "'sentence,label'"
+            f"{path}, line 1: expected the header 'text,label', got " "'sentence,label'"
         )
 
         with pytest.raises(DataError, match=re.escape(expected)):

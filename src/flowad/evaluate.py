@@ -30,7 +30,7 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
 
     labels = np.asarray(labels, dtype=int)
     scores = np.asarray(scores, dtype=float)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if len(np.unique(labels)) < 2:
         return 0.5
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     denominator = precision[:-1] + recall[:-1]
