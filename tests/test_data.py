@@ -201,6 +201,20 @@ class TestLoadJobs:
         right = from_zip.drop(columns="source").sort_values(["run", "job"])
         assert left.reset_index(drop=True).equals(right.reset_index(drop=True))
 
+    def test_zip_with_label_folders(self, tmp_path, sales_zip):
+        archive = tmp_path / "labelled.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as writer:
+            writer.writestr("README.txt", "not a run")
+            writer.writestr("normal/", "")
+            for label, run in zip(("normal", "cpu", "hdd"), SALES_RUNS):
+                writer.writestr(f"{label}/{run}.csv", _read_member(sales_zip, run))
+
+        jobs = load_jobs(archive)
+
+        assert sorted(jobs["run"].unique()) == list(SALES_RUNS)
+        assert len(jobs) == 3 * JOBS_PER_SALES_RUN
+        assert jobs["source"].iloc[0] == f"{archive}::cpu/{SALES_RUNS[1]}.csv"
+
     def test_zip_and_csv_mixed(self, tmp_path, fixtures_dir, sales_zip):
         csv_path = _write_run(tmp_path, _read_member(sales_zip, BAD_RUN))
 
@@ -226,6 +240,23 @@ class TestLoadJobs:
         assert len(jobs) == JOBS_PER_SALES_RUN
         assert set(jobs["run"]) == {BAD_RUN}
         assert int(jobs["label"].sum()) == 11
+
+    @pytest.mark.parametrize(
+        "rewrite",
+        [
+            pytest.param(lambda content: b"\xef\xbb\xbf" + content, id="utf8-bom"),
+            pytest.param(lambda content: content.replace(b"\n", b"\r\n"), id="crlf"),
+            pytest.param(lambda content: content.rstrip(b"\n"), id="no-final-newline"),
+        ],
+    )
+    def test_text_variants_read_alike(self, tmp_path, sales_zip, good_run, rewrite):
+        path = _write_run(tmp_path, rewrite(good_run))
+        from_zip = load_jobs(sales_zip)
+        expected = from_zip[from_zip["run"] == BAD_RUN].reset_index(drop=True)
+
+        jobs = load_jobs(path)
+
+        assert jobs.drop(columns="source").equals(expected.drop(columns="source"))
 
     def test_max_runs_reads_first_runs(self, sales_zip):
         jobs = load_jobs(sales_zip, max_runs=2)
