@@ -138,7 +138,7 @@ def _add_baseline_parser(subparsers) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="Worker processes for rf and iforest (default: 1).",
+        help="Workers for rf and iforest, threads for gbdt (default: 1).",
     )
     parser.add_argument("--out", required=True, help="Evaluation folder to write.")
     parser.set_defaults(handler=_cmd_baseline)
@@ -488,6 +488,173 @@ def _write_demo_report(args: argparse.Namespace, jobs, split, out: Path):
     return build_report([out / "evaluation", out / "baseline-gbdt"], out / "report.html")
 
 
+# ---------------------------------------------------------------- replay, experiment
+
+
+def _add_replay_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="Replay runs in event-time order and print alerts as they would have happened.",
+    )
+    parser.add_argument(
+        "runs", nargs="+", help="Flow-Bench runs: run CSV files, zip archives or folders."
+    )
+    parser.add_argument("--model", required=True, help="Folder written by `flowad train`.")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="Alert threshold on the anomaly score (default: the model's threshold).",
+    )
+    parser.add_argument(
+        "--every-stage",
+        action="store_true",
+        help="Print an alert at every stage whose score reaches the threshold, "
+        "not only the first per job.",
+    )
+    parser.add_argument(
+        "--skip-bad-runs",
+        action="store_true",
+        help="Skip invalid run files with a warning instead of stopping.",
+    )
+    parser.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from flowad.data import load_jobs
+    from flowad.finetune import TextClassifierDetector
+    from flowad.online import iter_events, replay_run
+
+    detector = TextClassifierDetector.load(args.model)
+    jobs = load_jobs(args.runs, skip_bad_runs=args.skip_bad_runs)
+    alerts = 0
+    for alert in replay_run(
+        jobs, detector, threshold=args.threshold, first_only=not args.every_stage
+    ):
+        alerts += 1
+        moment = datetime.fromtimestamp(alert.time, tz=timezone.utc)
+        print(
+            f"ALERT {moment:%Y-%m-%d %H:%M:%S}Z run {alert.run} job {alert.job} "
+            f"stage {alert.stage} score {alert.score:.3f} "
+            f"({alert.seconds_before_end:.0f} s before the job ended)"
+        )
+    threshold = detector.threshold_ if args.threshold is None else args.threshold
+    print(
+        f"{len(jobs)} job(s) replayed, {len(iter_events(jobs))} event(s), "
+        f"{alerts} alert(s) at threshold {threshold:.3f}"
+    )
+    return 0
+
+
+def _add_experiment_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "experiment",
+        help="Run an analysis (online, types, imbalance, lora, transfer, forgetting) "
+        "and write tables and plots.",
+    )
+    parser.add_argument(
+        "name",
+        choices=("online", "types", "imbalance", "lora", "transfer", "forgetting"),
+        help="Experiment to run.",
+    )
+    _add_data_arguments(parser)
+    _add_finetune_arguments(parser)
+    parser.add_argument(
+        "--target-data",
+        nargs="+",
+        help="Runs of the second workflow (B), needed by transfer and forgetting.",
+    )
+    parser.add_argument("--out", required=True, help="Folder for tables and plots.")
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="online: partial copies per training job (default: 1).",
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.05, 0.2, 1.0],
+        help="transfer: fractions of B's training runs (default: 0.01 0.05 0.2 1).",
+    )
+    parser.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=2,
+        help="forgetting: train only the last N encoder layers in the freeze "
+        "mitigation (default: 2).",
+    )
+    parser.add_argument(
+        "--replay-fraction",
+        type=float,
+        default=0.1,
+        help="forgetting: share of A's training jobs replayed while training on B "
+        "(default: 0.1).",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("full", "lora-encoder", "lora-smollm2"),
+        help="lora: methods to compare (default: full lora-encoder).",
+    )
+    parser.add_argument(
+        "--rank", type=int, default=8, help="lora: adapter rank (default: 8)."
+    )
+    parser.add_argument(
+        "--lora-learning-rate",
+        type=float,
+        default=5e-4,
+        help="lora: learning rate of the adapters (default: 5e-4).",
+    )
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="lora: fit in this process (faster start, but peak memory is the "
+        "process peak so far, not per method).",
+    )
+    parser.set_defaults(handler=_cmd_experiment)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from flowad.data import load_jobs
+    from flowad.experiments import run_experiment
+
+    jobs = _load(args)
+    target_jobs = None
+    if args.target_data:
+        target_jobs = load_jobs(args.target_data, skip_bad_runs=args.skip_bad_runs)
+    options = {
+        "copies": args.copies,
+        "fractions": tuple(args.fractions),
+        "freeze_layers": args.freeze_layers,
+        "replay_fraction": args.replay_fraction,
+        "methods": tuple(args.methods) if args.methods else None,
+        "rank": args.rank,
+        "lora_learning_rate": args.lora_learning_rate,
+        "isolate": not args.no_isolate,
+    }
+    meta = {"data": [str(path) for path in args.data]}
+    if args.target_data:
+        meta["target_data"] = [str(path) for path in args.target_data]
+    result = run_experiment(
+        args.name,
+        jobs,
+        out=args.out,
+        config=_finetune_config(args),
+        split=args.split,
+        seed=args.seed,
+        paper_dir=args.paper_splits,
+        target_jobs=target_jobs,
+        options=options,
+        meta=meta,
+    )
+    print((result.out / "table.md").read_text())
+    print(f"tables and {len(result.plots)} plot(s) written to {result.out}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -515,6 +682,8 @@ _PARSERS = [
     _add_demo_parser,
     _add_baseline_parser,
     _add_report_parser,
+    _add_replay_parser,
+    _add_experiment_parser,
 ]
 
 
