@@ -153,6 +153,12 @@ class TestReadEvaluation:
         assert len(evaluation.predictions) == evaluation.metrics["jobs"]
         assert evaluation.online is None
 
+    def test_normal_type_not_missing(self, result_dirs):
+        predictions = read_evaluation(result_dirs[1]).predictions
+        assert predictions["anomaly_type"].notna().all()
+        normal = predictions[predictions["label"] == 0]
+        assert (normal["anomaly_type"] == "None").all()
+
     def test_missing_metrics_raises(self, tmp_path):
         message = f"{tmp_path / 'metrics.json'} not found"
         with pytest.raises(FileNotFoundError, match=re.escape(message)):
@@ -182,6 +188,10 @@ class TestSelectTimelineRuns:
     def test_cap_respected(self):
         predictions = pd.DataFrame({"run": list("abcdef"), "label": [1, 1, 1, 1, 1, 0]})
         assert len(select_timeline_runs(predictions, max_runs=2)) == 2
+
+    def test_single_run_is_most_anomalous(self):
+        predictions = pd.DataFrame({"run": ["a", "b", "b"], "label": [0, 1, 1]})
+        assert select_timeline_runs(predictions, max_runs=1) == ["b"]
 
     def test_only_normal_runs(self):
         predictions = pd.DataFrame({"run": ["x", "y"], "label": [0, 0]})

@@ -212,6 +212,12 @@ def read_evaluation(path: str | Path, *, name: str | None = None) -> Evaluation:
             f"{predictions_path} lacks the column(s) {missing}; write it with "
             "flowad.evaluate.write_evaluation"
         )
+    if "anomaly_type" in predictions:
+        # pandas reads the label "None" of normal jobs as missing.
+        predictions["anomaly_type"] = predictions["anomaly_type"].fillna("None")
+    if "predicted" not in predictions:
+        threshold = metrics.get("threshold", 0.5)
+        predictions["predicted"] = (predictions["score"] >= threshold).astype(int)
     return Evaluation(
         name=name or path.name,
         path=path,
@@ -421,20 +427,19 @@ def select_timeline_runs(
 ) -> list[str]:
     """Pick the runs with the most anomalous jobs, plus one normal run.
 
-    Up to ``max_runs - 1`` runs with anomalous jobs come first (most anomalous
-    jobs first), then the first run without any, so the report shows what a
-    healthy run looks like next to the bad ones.
+    Runs with anomalous jobs come first (most anomalous jobs first). When
+    ``max_runs`` is at least 2, the last place goes to the first run without
+    any, so the report shows a healthy run next to the bad ones.
     """
     if "run" not in predictions or max_runs < 1:
         return []
     counts = predictions.groupby("run", sort=True)["label"].sum()
     anomalous = counts[counts > 0].sort_values(ascending=False, kind="stable")
-    normal = counts[counts == 0]
-    chosen = list(anomalous.index[: max(max_runs - 1, 0)])
-    if len(normal):
-        chosen.append(normal.index[0])
-    remaining = [run for run in anomalous.index if run not in chosen]
-    chosen.extend(remaining[: max_runs - len(chosen)])
+    normal = list(counts[counts == 0].index)
+    keep_normal = bool(normal) and max_runs >= 2
+    chosen = list(anomalous.index[: max_runs - 1 if keep_normal else max_runs])
+    if normal:
+        chosen.append(normal[0])
     return [str(run) for run in chosen[:max_runs]]
 
 
