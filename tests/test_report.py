@@ -257,6 +257,16 @@ class TestBuildReport:
         assert "no baseline on the same data, split and seed" in path.read_text()
 
 
+class TestReportCommand:
+    def test_missing_folder_exits_with_error(self, tmp_path, capsys):
+        status = main(
+            ["report", str(tmp_path / "absent"), "--out", str(tmp_path / "r.html")]
+        )
+        assert status == 2
+        assert "metrics.json not found" in capsys.readouterr().err
+        assert not (tmp_path / "r.html").exists()
+
+
 class TestReportInBrowser:
     def test_renders_and_loads_images(self, report, tmp_path):
         page = tmp_path / "checked.html"
