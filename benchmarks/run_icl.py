@@ -1,0 +1,275 @@
+"""Benchmark in-context learning (ICL): quality per prompt configuration and speed.
+
+Quality: for each workflow, split the runs (``runs`` split, seed 0), draw a
+seeded sample of test jobs stratified by label, fit a
+:class:`flowad.icl.FewShotDetector` per configuration (examples and statistics
+from the training runs, calibration on a sample of validation jobs) and score
+the sample. Each configuration writes one JSON file to ``benchmarks/results/``.
+
+Speed: on one workflow, score the same jobs with and without reuse of the
+shared prefix's key/value cache, and generate a short reply per job without
+prefix reuse (the naive way), and report jobs per second.
+
+Usage::
+
+    python benchmarks/run_icl.py quality --data-root ../shared/data
+    python benchmarks/run_icl.py speed --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
+# Configuration name -> FewShotDetector arguments. Order is priority order:
+# a time budget stops before the later ones.
+CONFIGS = {
+    "zero-shot-stats": dict(shots=0, use_stats=True),
+    "nearest2-stats": dict(shots=2, selection="nearest", use_stats=True),
+    "nearest4-stats": dict(shots=4, selection="nearest", use_stats=True),
+    "balanced4-stats": dict(shots=4, selection="balanced", use_stats=True),
+    "random4-stats": dict(shots=4, selection="random", use_stats=True),
+    "zero-shot-nostats": dict(shots=0, use_stats=False),
+    "nearest4-nostats": dict(shots=4, selection="nearest", use_stats=False),
+    "balanced4-nostats": dict(shots=4, selection="balanced", use_stats=False),
+    "random4-nostats": dict(shots=4, selection="random", use_stats=False),
+    "zero-shot-stats-generate": dict(
+        shots=0, use_stats=True, decision="generate", on_unmapped="skip"
+    ),
+    "balanced4-stats-generate": dict(
+        shots=4, selection="balanced", use_stats=True, decision="generate",
+        on_unmapped="skip",
+    ),
+}
+
+logger = logging.getLogger("run_icl")
+
+
+def _machine() -> str:
+    import torch
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def _write_result(name: str, document: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    document = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "command": " ".join(sys.argv),
+        **document,
+    }
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _load_workflow(data_root: Path, workflow: str, seed: int):
+    from flowad.data import load_jobs
+    from flowad.splits import make_split
+
+    jobs = load_jobs([data_root / "flowbench" / f"{workflow}.zip"])
+    split = make_split(jobs, "runs", seed=seed)
+    return (
+        split.part(jobs, "train"),
+        split.part(jobs, "validation"),
+        split.part(jobs, "test"),
+    )
+
+
+def _backend(args):
+    from flowad.llm_backends import LocalCausalLM
+
+    return LocalCausalLM(args.model, batch_size=args.batch_size, num_threads=args.threads)
+
+
+def run_quality(args: argparse.Namespace) -> None:
+    """Score every configuration on every workflow and write one JSON each."""
+    from flowad.evaluate import compute_metrics
+    from flowad.icl import FewShotDetector, stratified_sample
+
+    backend = _backend(args)
+    started = time.perf_counter()
+    configs = args.configs or list(CONFIGS)
+    for workflow in args.workflows:
+        train, validation, test = _load_workflow(args.data_root, workflow, args.seed)
+        for config in configs:
+            elapsed = (time.perf_counter() - started) / 60
+            if elapsed > args.time_budget_min:
+                logger.warning("time budget spent; skipping %s on %s", config, workflow)
+                continue
+            kwargs = dict(CONFIGS[config])
+            generate = kwargs.get("decision") == "generate"
+            size = args.generate_test_jobs if generate else args.test_jobs
+            positions = stratified_sample(test["label"].to_numpy(), size, seed=args.seed)
+            detector = FewShotDetector(
+                backend,
+                template=args.template,
+                max_validation_jobs=args.validation_jobs,
+                seed=args.seed,
+                **kwargs,
+            )
+            fit_start = time.perf_counter()
+            detector.fit(train, validation)
+            fit_seconds = time.perf_counter() - fit_start
+            predict_start = time.perf_counter()
+            details = detector.predict_details(test, positions=positions)
+            seconds = time.perf_counter() - predict_start
+            scored = details["score"].notna().to_numpy()
+            selected = test.iloc[positions]
+            metrics = compute_metrics(
+                selected["label"].to_numpy()[scored],
+                details["score"].to_numpy()[scored],
+                threshold=0.5,
+                anomaly_types=selected["anomaly_type"].to_numpy()[scored],
+            )
+            metrics["unmapped_replies"] = int((details["status"] == "unmapped").sum())
+            metrics["skipped_jobs"] = int((~scored).sum())
+            name = f"icl-{workflow}-runs-{args.template}-{config}-seed{args.seed}"
+            path = _write_result(
+                name,
+                {
+                    "workflow": workflow,
+                    "split": "runs",
+                    "method": "icl",
+                    "template": args.template,
+                    "model": backend.model_name,
+                    "seed": args.seed,
+                    "config": config,
+                    "detector": {k: v for k, v in kwargs.items()},
+                    "decision": detector.decision,
+                    "calibration": detector.calibration,
+                    "offset": detector.offset_,
+                    "test_jobs": int(len(positions)),
+                    "validation_jobs": min(args.validation_jobs, len(validation)),
+                    "metrics": metrics,
+                    "jobs_per_s": len(positions) / seconds,
+                    "fit_seconds": fit_seconds,
+                },
+            )
+            logger.info(
+                "%s %s: F1 %.3f ROC-AUC %s, %.2f jobs/s -> %s",
+                workflow,
+                config,
+                metrics["f1"],
+                metrics["roc_auc"],
+                len(positions) / seconds,
+                path.name,
+            )
+
+
+def run_speed(args: argparse.Namespace) -> None:
+    """Compare prefix reuse, no reuse and naive generation on the same jobs."""
+    from flowad.icl import FewShotDetector, stratified_sample
+
+    backend = _backend(args)
+    workflow = args.workflows[0]
+    train, validation, test = _load_workflow(args.data_root, workflow, args.seed)
+    positions = stratified_sample(test["label"].to_numpy(), args.test_jobs, seed=args.seed)
+    detector = FewShotDetector(
+        backend,
+        template=args.template,
+        shots=4,
+        selection="balanced",
+        calibration="none",
+        seed=args.seed,
+    ).fit(train)
+    prompts = detector.build_prompts(test, positions=positions)
+    backend.load()
+    timings = {}
+    scores = {}
+    for reuse in (True, False):
+        start = time.perf_counter()
+        scores[reuse] = backend.score_labels(prompts, ("Normal", "Abnormal"), reuse_prefix=reuse)
+        timings["score_reuse_prefix" if reuse else "score_no_reuse"] = (
+            len(prompts) / (time.perf_counter() - start)
+        )
+    generator = FewShotDetector(
+        backend,
+        template=args.template,
+        shots=4,
+        selection="balanced",
+        decision="generate",
+        on_unmapped="skip",
+        seed=args.seed,
+    ).fit(train)
+    generate_positions = positions[: args.generate_test_jobs]
+    generate_prompts = generator.build_prompts(test, positions=generate_positions)
+    for reuse in (False, True):
+        backend.reuse_prefix = reuse
+        start = time.perf_counter()
+        backend.generate(generate_prompts, max_new_tokens=8)
+        key = "generate_reuse_prefix" if reuse else "generate_naive"
+        timings[key] = len(generate_prompts) / (time.perf_counter() - start)
+    backend.reuse_prefix = True
+    shared, job = backend.encode(prompts[0])
+    document = {
+        "workflow": workflow,
+        "split": "runs",
+        "method": "icl",
+        "template": args.template,
+        "model": backend.model_name,
+        "seed": args.seed,
+        "config": "speed-balanced4-stats",
+        "scored_jobs": len(prompts),
+        "generated_jobs": len(generate_prompts),
+        "shared_tokens": len(shared),
+        "job_tokens_first": len(job),
+        "jobs_per_s": timings,
+        "speedup_vs_naive_generation": timings["score_reuse_prefix"] / timings["generate_naive"],
+        "speedup_vs_scoring_without_reuse": (
+            timings["score_reuse_prefix"] / timings["score_no_reuse"]
+        ),
+        "max_abs_score_difference": float(np.abs(scores[True] - scores[False]).max()),
+    }
+    path = _write_result(f"icl-speed-{workflow}-{args.template}-seed{args.seed}", document)
+    logger.info("speed: %s -> %s", json.dumps(timings), path.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("quality", "speed"))
+    parser.add_argument("--data-root", type=Path, required=True, help="Folder with flowbench/.")
+    parser.add_argument("--workflows", nargs="+", default=list(WORKFLOWS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
+    parser.add_argument("--template", default="compact", help="Sentence template.")
+    parser.add_argument("--model", help="Model folder, GGUF file or hub id (default SmolLM2).")
+    parser.add_argument("--test-jobs", type=int, default=500, help="Scored test jobs.")
+    parser.add_argument(
+        "--generate-test-jobs", type=int, default=100, help="Test jobs for generation."
+    )
+    parser.add_argument(
+        "--validation-jobs", type=int, default=200, help="Validation jobs for calibration."
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--time-budget-min", type=float, default=60.0,
+        help="Start no new configuration after this many minutes.",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.mode == "quality":
+        run_quality(args)
+    else:
+        run_speed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
