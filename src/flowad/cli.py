@@ -655,6 +655,238 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- icl
+
+
+def _add_icl_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "icl", help="Label jobs by prompting a language model (in-context learning)."
+    )
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--backend",
+        choices=("local", "openai"),
+        default="local",
+        help="Run a model with transformers here, or call an OpenAI-compatible "
+        "server (default: local).",
+    )
+    parser.add_argument(
+        "--model",
+        help="Local: model folder, .gguf file or hub id (default: the packaged "
+        "SmolLM2-135M-Instruct). OpenAI: the model name, required.",
+    )
+    parser.add_argument(
+        "--base-url",
+        default="http://127.0.0.1:8000/v1",
+        help="OpenAI-compatible server URL up to /v1 (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="Environment variable holding the server's API key (default: "
+        "%(default)s; unset means no key).",
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=4, help="Requests in flight (default: 4)."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="Seconds per request (default: 60)."
+    )
+    parser.add_argument(
+        "--max-retries", type=int, default=3, help="Retries per request (default: 3)."
+    )
+    parser.add_argument(
+        "--template", default="compact", help="Sentence template (default: compact)."
+    )
+    parser.add_argument(
+        "--text-fields",
+        nargs="*",
+        default=["transformation"],
+        help="Job columns quoted as text in each job block (default: transformation).",
+    )
+    parser.add_argument(
+        "--shots", type=int, default=0, help="Labelled examples per prompt (default: 0)."
+    )
+    parser.add_argument(
+        "--selection",
+        choices=("random", "balanced", "nearest"),
+        default="balanced",
+        help="How examples are chosen (default: balanced).",
+    )
+    parser.add_argument(
+        "--stats",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Include per-class field means and standard deviations (default: on).",
+    )
+    parser.add_argument(
+        "--cot",
+        action="store_true",
+        help="Ask for step-by-step reasoning and keep it as the explanation.",
+    )
+    parser.add_argument(
+        "--decision",
+        choices=("score", "generate"),
+        help="Score label log-probabilities or parse generated text (default: "
+        "generate with --cot or --backend openai, else score).",
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=("validation", "content_free", "none"),
+        default="validation",
+        help="Log-odds offset for label scoring (default: validation).",
+    )
+    parser.add_argument(
+        "--on-unmapped",
+        choices=("raise", "anomalous", "skip"),
+        default="raise",
+        help="What a reply that maps to no label becomes (default: raise).",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="What a job whose request failed becomes (default: raise).",
+    )
+    parser.add_argument(
+        "--part",
+        choices=("test", "validation"),
+        default="test",
+        help="Part of the split to label (default: test).",
+    )
+    parser.add_argument(
+        "--max-jobs",
+        type=int,
+        help="Label a seeded sample of this many jobs, stratified by label "
+        "(default: all).",
+    )
+    parser.add_argument(
+        "--max-validation-jobs",
+        type=int,
+        default=200,
+        help="Validation jobs scored for calibration (default: 200).",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="Jobs per forward pass (default: 8)."
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="Generated tokens per reply (default: 8, or 256 with --cot).",
+    )
+    parser.add_argument(
+        "--out", required=True, help="Folder for metrics.json and predictions.csv."
+    )
+    parser.set_defaults(handler=_cmd_icl)
+
+
+def _icl_backend(args: argparse.Namespace):
+    """Build the LLM backend named by the arguments."""
+    from flowad.llm_backends import LocalCausalLM, OpenAICompatibleBackend
+
+    if args.backend == "local":
+        return LocalCausalLM(args.model, batch_size=args.batch_size)
+    if not args.model:
+        raise ValueError("--backend openai needs --model, the name the server expects")
+    return OpenAICompatibleBackend(
+        args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
+
+
+def _cmd_icl(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from flowad.evaluate import (
+        build_predictions,
+        format_metrics_table,
+        write_evaluation,
+        write_predictions,
+    )
+    from flowad.icl import FewShotDetector, stratified_sample
+
+    decision = args.decision
+    if decision is None:
+        decision = "generate" if args.cot or args.backend == "openai" else "score"
+    detector = FewShotDetector(
+        _icl_backend(args),
+        template=args.template,
+        shots=args.shots,
+        selection=args.selection,
+        use_stats=args.stats,
+        chain_of_thought=args.cot,
+        decision=decision,
+        calibration=args.calibration,
+        on_unmapped=args.on_unmapped,
+        on_error=args.on_error,
+        text_fields=tuple(args.text_fields),
+        max_new_tokens=args.max_new_tokens,
+        max_validation_jobs=args.max_validation_jobs,
+        seed=args.seed,
+    )
+    jobs, split = _load_split(args)
+    detector.fit(split.part(jobs, "train"), split.part(jobs, "validation"))
+    part = split.part(jobs, args.part)
+    positions = np.arange(len(part))
+    if args.max_jobs is not None:
+        positions = stratified_sample(part["label"].to_numpy(), args.max_jobs, seed=args.seed)
+    details = detector.predict_details(part, positions=positions)
+    selected = part.iloc[positions]
+    scored = details["score"].notna().to_numpy()
+    meta = {
+        **_data_meta(args),
+        "part": args.part,
+        "method": "icl",
+        "backend": args.backend,
+        "model": detector.backend_.model_name,
+        "template": args.template,
+        "shots": args.shots,
+        "selection": args.selection,
+        "stats": args.stats,
+        "chain_of_thought": args.cot,
+        "decision": decision,
+        "calibration": args.calibration,
+        "calibration_offset": detector.offset_,
+        "labelled_jobs": int(len(positions)),
+        "unmapped_replies": int((details["status"] == "unmapped").sum()),
+        "failed_jobs": int((details["status"] == "error").sum()),
+        "skipped_jobs": int((~scored).sum()),
+    }
+    metrics = write_evaluation(
+        args.out,
+        selected[scored],
+        details["score"].to_numpy()[scored],
+        threshold=0.5,
+        meta=meta,
+    )
+    # write_evaluation keeps only scored jobs; the full table also lists
+    # skipped ones, with their status, reply and error.
+    predictions = build_predictions(selected, details["score"].fillna(-1.0), threshold=0.5)
+    predictions["score"] = details["score"].to_numpy()
+    predictions["predicted"] = details["predicted"].to_numpy()
+    for column in ("status", "explanation", "error"):
+        predictions[column] = details[column].to_numpy()
+    write_predictions(predictions, Path(args.out) / "predictions.csv")
+    print(
+        format_metrics_table(
+            metrics,
+            title=f"{args.part} metrics, ICL ({split.name} split, seed {args.seed})",
+        )
+    )
+    if meta["skipped_jobs"]:
+        print(
+            f"\n{meta['skipped_jobs']} of {len(positions)} jobs skipped "
+            f"({meta['unmapped_replies']} unmapped replies, {meta['failed_jobs']} "
+            "failed requests); see predictions.csv"
+        )
+    print(f"\nmetrics written to {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -684,6 +916,7 @@ _PARSERS = [
     _add_report_parser,
     _add_replay_parser,
     _add_experiment_parser,
+    _add_icl_parser,
 ]
 
 

@@ -124,23 +124,29 @@ def class_statistics(
 
 
 def stratified_sample(labels: Sequence[int], size: int, *, seed: int = 0) -> np.ndarray:
-    """Return sorted positions of a seeded sample of about ``size`` jobs.
+    """Return sorted positions of a seeded sample of ``size`` jobs.
 
-    Each label keeps its share of the jobs (at least one job per label), so
-    the sample may differ from ``size`` by one per label because of rounding.
-    All positions are returned when there are at most ``size`` jobs.
+    Each label keeps its share of the jobs, rounded by largest remainder, and
+    at least one job when ``size`` allows. All positions are returned when
+    there are at most ``size`` jobs.
     """
     labels = np.asarray(labels)
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     if len(labels) <= size:
         return np.arange(len(labels))
+    values, counts = np.unique(labels, return_counts=True)
+    shares = size * counts / len(labels)
+    allocated = np.minimum(np.maximum(np.floor(shares).astype(int), 1), counts)
+    while allocated.sum() < size:
+        allocated[np.argmax(np.where(allocated < counts, shares - allocated, -np.inf))] += 1
+    while allocated.sum() > size:
+        allocated[np.argmax(allocated)] -= 1
     rng = np.random.default_rng(seed)
     chosen = []
-    for label in np.unique(labels):
-        pool = np.flatnonzero(labels == label)
-        count = max(int(round(size * len(pool) / len(labels))), 1)
-        chosen.extend(rng.choice(pool, size=min(count, len(pool)), replace=False))
+    for value, count in zip(values, allocated):
+        pool = np.flatnonzero(labels == value)
+        chosen.extend(rng.choice(pool, size=count, replace=False))
     return np.sort(np.array(chosen, dtype=int))
 
 
