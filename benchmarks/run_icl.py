@@ -48,7 +48,10 @@ CONFIGS = {
         shots=0, use_stats=True, decision="generate", on_unmapped="skip"
     ),
     "balanced4-stats-generate": dict(
-        shots=4, selection="balanced", use_stats=True, decision="generate",
+        shots=4,
+        selection="balanced",
+        use_stats=True,
+        decision="generate",
         on_unmapped="skip",
     ),
 }
@@ -94,7 +97,9 @@ def _load_workflow(data_root: Path, workflow: str, seed: int):
 def _backend(args):
     from flowad.llm_backends import LocalCausalLM
 
-    return LocalCausalLM(args.model, batch_size=args.batch_size, num_threads=args.threads)
+    return LocalCausalLM(
+        args.model, batch_size=args.batch_size, num_threads=args.threads
+    )
 
 
 def run_quality(args: argparse.Namespace) -> None:
@@ -115,7 +120,9 @@ def run_quality(args: argparse.Namespace) -> None:
             kwargs = dict(CONFIGS[config])
             generate = kwargs.get("decision") == "generate"
             size = args.generate_test_jobs if generate else args.test_jobs
-            positions = stratified_sample(test["label"].to_numpy(), size, seed=args.seed)
+            positions = stratified_sample(
+                test["label"].to_numpy(), size, seed=args.seed
+            )
             detector = FewShotDetector(
                 backend,
                 template=args.template,
@@ -179,7 +186,9 @@ def run_speed(args: argparse.Namespace) -> None:
     backend = _backend(args)
     workflow = args.workflows[0]
     train, validation, test = _load_workflow(args.data_root, workflow, args.seed)
-    positions = stratified_sample(test["label"].to_numpy(), args.test_jobs, seed=args.seed)
+    positions = stratified_sample(
+        test["label"].to_numpy(), args.test_jobs, seed=args.seed
+    )
     detector = FewShotDetector(
         backend,
         template=args.template,
@@ -194,9 +203,11 @@ def run_speed(args: argparse.Namespace) -> None:
     scores = {}
     for reuse in (True, False):
         start = time.perf_counter()
-        scores[reuse] = backend.score_labels(prompts, ("Normal", "Abnormal"), reuse_prefix=reuse)
-        timings["score_reuse_prefix" if reuse else "score_no_reuse"] = (
-            len(prompts) / (time.perf_counter() - start)
+        scores[reuse] = backend.score_labels(
+            prompts, ("Normal", "Abnormal"), reuse_prefix=reuse
+        )
+        timings["score_reuse_prefix" if reuse else "score_no_reuse"] = len(prompts) / (
+            time.perf_counter() - start
         )
     generator = FewShotDetector(
         backend,
@@ -230,36 +241,48 @@ def run_speed(args: argparse.Namespace) -> None:
         "shared_tokens": len(shared),
         "job_tokens_first": len(job),
         "jobs_per_s": timings,
-        "speedup_vs_naive_generation": timings["score_reuse_prefix"] / timings["generate_naive"],
+        "speedup_vs_naive_generation": timings["score_reuse_prefix"]
+        / timings["generate_naive"],
         "speedup_vs_scoring_without_reuse": (
             timings["score_reuse_prefix"] / timings["score_no_reuse"]
         ),
         "max_abs_score_difference": float(np.abs(scores[True] - scores[False]).max()),
     }
-    path = _write_result(f"icl-speed-{workflow}-{args.template}-seed{args.seed}", document)
+    path = _write_result(
+        f"icl-speed-{workflow}-{args.template}-seed{args.seed}", document
+    )
     logger.info("speed: %s -> %s", json.dumps(timings), path.name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("quality", "speed"))
-    parser.add_argument("--data-root", type=Path, required=True, help="Folder with flowbench/.")
+    parser.add_argument(
+        "--data-root", type=Path, required=True, help="Folder with flowbench/."
+    )
     parser.add_argument("--workflows", nargs="+", default=list(WORKFLOWS))
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
     parser.add_argument("--template", default="compact", help="Sentence template.")
-    parser.add_argument("--model", help="Model folder, GGUF file or hub id (default SmolLM2).")
+    parser.add_argument(
+        "--model", help="Model folder, GGUF file or hub id (default SmolLM2)."
+    )
     parser.add_argument("--test-jobs", type=int, default=500, help="Scored test jobs.")
     parser.add_argument(
         "--generate-test-jobs", type=int, default=100, help="Test jobs for generation."
     )
     parser.add_argument(
-        "--validation-jobs", type=int, default=200, help="Validation jobs for calibration."
+        "--validation-jobs",
+        type=int,
+        default=200,
+        help="Validation jobs for calibration.",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--time-budget-min", type=float, default=60.0,
+        "--time-budget-min",
+        type=float,
+        default=60.0,
         help="Start no new configuration after this many minutes.",
     )
     args = parser.parse_args(argv)

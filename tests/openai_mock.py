@@ -95,7 +95,10 @@ class MockChatServer:
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": behaviour[1]},
+                                "message": {
+                                    "role": "assistant",
+                                    "content": behaviour[1],
+                                },
                                 "finish_reason": "stop",
                             }
                         ],

@@ -95,7 +95,10 @@ class TestParseLabel:
             ("Label: Normal", 0),
             ("label = abnormal", 1),
             ("The runtime is high.\nLabel: **Abnormal**", 1),
-            ("Label: Normal at first sight, but the CPU time is high.\nLabel: Abnormal", 1),
+            (
+                "Label: Normal at first, but the CPU time is high.\nLabel: Abnormal",
+                1,
+            ),
             ("The job is not normal", None),
             ("Normal or Abnormal", None),
             ("Label: maybe", None),
@@ -129,7 +132,9 @@ class TestStratifiedSample:
         assert stratified_sample([0, 1, 1], 5).tolist() == [0, 1, 2]
 
     def test_zero_size_raises(self):
-        with pytest.raises(ValueError, match=re.escape("size must be at least 1, got 0")):
+        with pytest.raises(
+            ValueError, match=re.escape("size must be at least 1, got 0")
+        ):
             stratified_sample([0, 1], 0)
 
 
@@ -184,7 +189,11 @@ class TestFewShotDetector:
     def test_random_examples_follow_seed(self, parts):
         def draw(seed):
             detector = FewShotDetector(
-                ScriptedBackend(), shots=3, selection="random", calibration="none", seed=seed
+                ScriptedBackend(),
+                shots=3,
+                selection="random",
+                calibration="none",
+                seed=seed,
             )
             return detector.fit(parts[0]).shared_examples_.tolist()
 
@@ -194,7 +203,10 @@ class TestFewShotDetector:
     def test_nearest_examples_same_transformation_nearest_last(self, parts):
         train = parts[0]
         detector = FewShotDetector(
-            ScriptedBackend(), shots=3, selection="nearest", use_stats=False,
+            ScriptedBackend(),
+            shots=3,
+            selection="nearest",
+            use_stats=False,
             calibration="none",
         ).fit(train)
         transformations = train["transformation"].to_numpy()
@@ -206,7 +218,9 @@ class TestFewShotDetector:
         for prompt, position in zip(prompts, positions):
             assert prompt.shared.endswith("\n\n")
             blocks = prompt.job.split("\n\n")
-            examples = [block.split("\n") for block in blocks if block.startswith(JOB_OPEN)]
+            examples = [
+                block.split("\n") for block in blocks if block.startswith(JOB_OPEN)
+            ]
             query = prompt.job.split("Label this job:\n")[1].split("\n")
             assert len(examples) == 3
             transformation = train["transformation"].iloc[position]
@@ -219,12 +233,17 @@ class TestFewShotDetector:
         detector = FewShotDetector(
             ScriptedBackend(), use_stats=False, calibration="none"
         ).fit(parts[0])
-        assert STATS_HEADER not in detector.build_prompts(parts[2], positions=[0])[0].shared
+        assert (
+            STATS_HEADER
+            not in detector.build_prompts(parts[2], positions=[0])[0].shared
+        )
 
     def test_validation_offset_is_best_f1_threshold(self, parts):
         train, validation, _ = parts
         backend = ScriptedBackend()
-        detector = FewShotDetector(backend, max_validation_jobs=30).fit(train, validation)
+        detector = FewShotDetector(backend, max_validation_jobs=30).fit(
+            train, validation
+        )
         positions = stratified_sample(validation["label"].to_numpy(), 30, seed=0)
         log_odds = np.array([len(p.job) % 7 for p in backend.prompts], dtype=float)
         assert len(backend.prompts) == len(positions)
@@ -271,7 +290,9 @@ class TestFewShotDetector:
 
     def test_unmapped_reply_skipped_with_warning(self, parts):
         detector = FewShotDetector(
-            ScriptedBackend(["Abnormal", "no idea"]), decision="generate", on_unmapped="skip"
+            ScriptedBackend(["Abnormal", "no idea"]),
+            decision="generate",
+            on_unmapped="skip",
         ).fit(parts[0])
         with pytest.warns(UnmappedReplyWarning, match=re.escape("1 of 2 replies")):
             details = detector.predict_details(parts[2], positions=[0, 1])
@@ -316,7 +337,8 @@ class TestFewShotDetector:
         assert attacked.shared == clean_prompt.shared
         assert attacked.answer_prefix == ANSWER_PREFIX
         lines = attacked.job.split("\n")
-        assert lines.count(JOB_OPEN) == 1 and lines.count(JOB_CLOSE) == 1
+        assert lines.count(JOB_OPEN) == 1
+        assert lines.count(JOB_CLOSE) == 1
         assert lines[lines.index(JOB_OPEN) + 1] == (
             f'transformation: "{quote_job_text(INJECTION)}"'
         )
@@ -371,34 +393,33 @@ class TestFewShotDetectorSmolLM2:
             assert details["score"].iloc[0] == float(expected)
 
 
+def _icl_command(fixtures_dir, out, *options: str) -> list[str]:
+    """Return ``flowad icl`` arguments for the montage fixture and the HTTP backend."""
+    data = str(fixtures_dir / "montage-3runs.zip")
+    command = ["icl", "--data", data, "--split", "rows", "--backend", "openai"]
+    return [*command, *options, "--out", str(out)]
+
+
 class TestIclCommand:
     def test_openai_backend_writes_evaluation(self, fixtures_dir, tmp_path, capsys):
         out = tmp_path / "icl"
-        with MockChatServer(default=("reply", "The runtime is long.\nLabel: Abnormal")) as server:
+        with MockChatServer(
+            default=("reply", "The runtime is long.\nLabel: Abnormal")
+        ) as server:
             server.queue(("reply", "I cannot tell."))
-            status = main(
-                [
-                    "icl",
-                    "--data", str(fixtures_dir / "montage-3runs.zip"),
-                    "--split", "rows",
-                    "--backend", "openai",
-                    "--model", "mock-model",
-                    "--base-url", server.url,
-                    "--max-retries", "0",
-                    "--max-jobs", "6",
-                    "--max-concurrency", "1",
-                    "--shots", "2",
-                    "--cot",
-                    "--on-unmapped", "skip",
-                    "--out", str(out),
-                ]
-            )
+            options = ["--model", "mock-model", "--base-url", server.url]
+            options += ["--max-retries", "0", "--max-concurrency", "1"]
+            options += ["--max-jobs", "6", "--shots", "2", "--cot"]
+            options += ["--on-unmapped", "skip"]
+            status = main(_icl_command(fixtures_dir, out, *options))
         assert status == 0
+
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["meta"]["method"] == "icl"
         assert metrics["meta"]["unmapped_replies"] == 1
         assert metrics["meta"]["skipped_jobs"] == 1
         assert metrics["jobs"] == 5
+
         predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
         assert len(predictions) == 6
         assert predictions["status"].tolist().count("unmapped") == 1
@@ -407,14 +428,6 @@ class TestIclCommand:
         assert "metrics written to" in capsys.readouterr().out
 
     def test_openai_backend_needs_model(self, fixtures_dir, tmp_path, capsys):
-        status = main(
-            [
-                "icl",
-                "--data", str(fixtures_dir / "montage-3runs.zip"),
-                "--split", "rows",
-                "--backend", "openai",
-                "--out", str(tmp_path),
-            ]
-        )
+        status = main(_icl_command(fixtures_dir, tmp_path))
         assert status == 2
         assert "--backend openai needs --model" in capsys.readouterr().err

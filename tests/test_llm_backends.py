@@ -96,13 +96,16 @@ class TestLocalCausalLM:
             log_probs = torch.log_softmax(smollm2.model_(input_ids=ids).logits[0], -1)
         start = len(shared) + len(job) - 1
         expected = sum(
-            float(log_probs[start + step, token]) for step, token in enumerate(label_ids)
+            float(log_probs[start + step, token])
+            for step, token in enumerate(label_ids)
         )
         assert math.isclose(score, expected, abs_tol=1e-3)
         assert score < 0
 
     def test_generate_with_prefix_cache_matches_without(self, smollm2):
-        prompt = _prompt("job: runtime 7 s\nAnswer Normal or Abnormal.", answer_prefix="")
+        prompt = _prompt(
+            "job: runtime 7 s\nAnswer Normal or Abnormal.", answer_prefix=""
+        )
         smollm2.reuse_prefix = True
         reused = smollm2.generate([prompt], max_new_tokens=4)
         smollm2.reuse_prefix = False
@@ -131,7 +134,9 @@ class TestOpenAICompatibleBackend:
         monkeypatch.setenv("FLOWAD_TEST_KEY", "secret-123")
         server.queue(("reply", "Label: Abnormal"))
         backend = _client(server, api_key_env="FLOWAD_TEST_KEY")
-        replies = backend.generate([_prompt("job: a", answer_prefix="")], max_new_tokens=9)
+        replies = backend.generate(
+            [_prompt("job: a", answer_prefix="")], max_new_tokens=9
+        )
         assert replies == ["Label: Abnormal"]
         request = server.requests[0]
         assert request["model"] == "mock-model"
@@ -170,7 +175,11 @@ class TestOpenAICompatibleBackend:
 
     @pytest.mark.parametrize(
         "body",
-        [b"not json", b'{"choices": []}', b'{"choices": [{"message": {"content": null}}]}'],
+        [
+            b"not json",
+            b'{"choices": []}',
+            b'{"choices": [{"message": {"content": null}}]}',
+        ],
     )
     def test_malformed_reply_is_an_error(self, server, body):
         server.queue(("raw", body))
@@ -194,7 +203,9 @@ class TestOpenAICompatibleBackend:
         assert server.max_in_flight == 2
 
     def test_answer_prefix_raises(self, server):
-        with pytest.raises(ValueError, match=re.escape("cannot continue a started reply")):
+        with pytest.raises(
+            ValueError, match=re.escape("cannot continue a started reply")
+        ):
             _client(server).generate([_prompt("job: a")])
 
     def test_score_labels_raises(self, server):

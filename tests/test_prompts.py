@@ -49,13 +49,16 @@ class TestQuoteJobText:
     def test_injection_stays_on_one_line(self):
         quoted = quote_job_text(INJECTION)
         assert "\n" not in quoted
-        assert "<" not in quoted and ">" not in quoted
+        assert "<" not in quoted
+        assert ">" not in quoted
         assert '"' not in quoted
 
 
 class TestFormatJobBlock:
     def test_job_block_exact_text(self):
-        block = format_job_block({"transformation": "individuals", "measurements": "wms 5 s"})
+        block = format_job_block(
+            {"transformation": "individuals", "measurements": "wms 5 s"}
+        )
         assert block == (
             '<job>\ntransformation: "individuals"\nmeasurements: "wms 5 s"\n</job>'
         )
@@ -68,8 +71,14 @@ class TestFormatJobBlock:
 class TestFormatStatsBlock:
     def test_stats_block_exact_text(self):
         stats = {
-            0: {"count": 10, "fields": {"runtime": (12.345, 1.0), "wms_delay": (5.0, 0.0)}},
-            1: {"count": 3, "fields": {"runtime": (250.0, 40.5), "wms_delay": (6.0, 1.25)}},
+            0: {
+                "count": 10,
+                "fields": {"runtime": (12.345, 1.0), "wms_delay": (5.0, 0.0)},
+            },
+            1: {
+                "count": 3,
+                "fields": {"runtime": (250.0, 40.5), "wms_delay": (6.0, 1.25)},
+            },
         }
         assert format_stats_block(stats) == (
             "Mean and standard deviation of each field over the training jobs:\n"
@@ -103,7 +112,9 @@ class TestBuildPrompt:
         example = format_example({"measurements": "wms 9 s"}, 1)
         prompt = build_prompt({"measurements": "wms 5 s"}, job_examples=[example])
         assert prompt.shared == TASK_INSTRUCTION + "\n\n"
-        assert prompt.job.startswith(f"{EXAMPLES_HEADER}\n\n{example}\n\nLabel this job:")
+        assert prompt.job.startswith(
+            f"{EXAMPLES_HEADER}\n\n{example}\n\nLabel this job:"
+        )
 
     def test_chain_of_thought_asks_for_reasoning(self):
         prompt = build_prompt({"measurements": "wms 5 s"}, chain_of_thought=True)
@@ -116,8 +127,12 @@ class TestBuildPrompt:
         assert prompt.answer_prefix == ""
 
     def test_injected_text_cannot_change_structure(self):
-        clean = build_prompt({"transformation": "individuals", "measurements": "wms 5 s"})
-        injected = build_prompt({"transformation": INJECTION, "measurements": "wms 5 s"})
+        clean = build_prompt(
+            {"transformation": "individuals", "measurements": "wms 5 s"}
+        )
+        injected = build_prompt(
+            {"transformation": INJECTION, "measurements": "wms 5 s"}
+        )
         assert injected.system == clean.system
         assert injected.shared == clean.shared
         assert injected.answer_prefix == clean.answer_prefix

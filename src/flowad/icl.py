@@ -61,7 +61,9 @@ MEASUREMENTS_FIELD = "measurements"
 _LABEL_LINE = re.compile(
     r"label\s*[:=]\s*[*_`'\"]*\s*(normal|abnormal|anomalous)\b", re.IGNORECASE
 )
-_BARE_LABEL = re.compile(r"^[\s*_`'\".]*(normal|abnormal|anomalous)[\s*_`'\".!]*$", re.I)
+_BARE_LABEL = re.compile(
+    r"^[\s*_`'\".]*(normal|abnormal|anomalous)[\s*_`'\".!]*$", re.I
+)
 
 
 class UnmappedReplyWarning(FlowadWarning):
@@ -139,7 +141,9 @@ def stratified_sample(labels: Sequence[int], size: int, *, seed: int = 0) -> np.
     shares = size * counts / len(labels)
     allocated = np.minimum(np.maximum(np.floor(shares).astype(int), 1), counts)
     while allocated.sum() < size:
-        allocated[np.argmax(np.where(allocated < counts, shares - allocated, -np.inf))] += 1
+        allocated[
+            np.argmax(np.where(allocated < counts, shares - allocated, -np.inf))
+        ] += 1
     while allocated.sum() > size:
         allocated[np.argmax(allocated)] -= 1
     rng = np.random.default_rng(seed)
@@ -162,8 +166,23 @@ def _neighbour_features(jobs: pd.DataFrame, *, run_context: bool) -> np.ndarray:
         from flowad.context import context_features
 
         ratios = context_features(jobs).filter(like="_ratio_others").to_numpy(float)
-        features.append(np.where(np.isnan(ratios), 0.0, np.log(np.clip(ratios, 1e-3, None))))
+        features.append(
+            np.where(np.isnan(ratios), 0.0, np.log(np.clip(ratios, 1e-3, None)))
+        )
     return np.hstack(features)
+
+
+def _positions(jobs: pd.DataFrame, positions: np.ndarray | None) -> np.ndarray:
+    """Return ``positions`` as an integer array, or every row position."""
+    if positions is None:
+        return np.arange(len(jobs))
+    positions = np.asarray(positions, dtype=int)
+    if positions.size and (positions.min() < 0 or positions.max() >= len(jobs)):
+        raise ValueError(
+            f"positions must lie in [0, {len(jobs)}) for a table of {len(jobs)} "
+            f"jobs, got values from {positions.min()} to {positions.max()}"
+        )
+    return positions
 
 
 class FewShotDetector:
@@ -188,9 +207,9 @@ class FewShotDetector:
         Labelled examples per prompt (default 0, zero-shot). More shots make
         the prompt longer and slower.
     selection : {"random", "balanced", "nearest"}
-        How examples are chosen: ``random`` draws ``shots`` training jobs once,
-        ``balanced`` draws half normal and half abnormal once (default); both
-        are shared by all jobs, so their key/value cache is reused.
+        How examples are chosen. ``random`` draws ``shots`` training jobs once.
+        ``balanced`` (default) draws half normal and half abnormal jobs once.
+        Both sets are shared by all jobs, so their key/value cache is reused.
         ``nearest`` picks, per job, the ``shots`` training jobs of the same
         transformation closest in numeric fields, nearest last; they cannot be
         shared, so each job reads them.
@@ -285,7 +304,9 @@ class FewShotDetector:
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         if not isinstance(self.shots, int) or self.shots < 0:
-            raise ValueError(f"shots must be a non-negative integer, got {self.shots!r}")
+            raise ValueError(
+                f"shots must be a non-negative integer, got {self.shots!r}"
+            )
         if self.chain_of_thought and self.decision != "generate":
             raise ValueError(
                 "chain_of_thought needs a generated reply; pass decision='generate'"
@@ -329,7 +350,11 @@ class FewShotDetector:
         self.backend_ = self.backend if self.backend is not None else LocalCausalLM()
         self._check_params()
         self.template_ = get_template(self.template)
-        if self.shots > 0 and train_jobs["label"].nunique() < 2 and self.selection == "balanced":
+        if (
+            self.shots > 0
+            and train_jobs["label"].nunique() < 2
+            and self.selection == "balanced"
+        ):
             raise ValueError(
                 "balanced selection needs normal and abnormal training jobs; the "
                 "training jobs hold only one class"
@@ -355,7 +380,8 @@ class FewShotDetector:
         if self.decision == "score":
             self.offset_ = self._calibrate(validation_jobs)
         logger.info(
-            "ICL detector ready: %s, template %s, %d shots (%s), stats %s, %s, offset %.3f",
+            "ICL detector ready: %s, template %s, %d shots (%s), stats %s, %s, "
+            "offset %.3f",
             self.backend_.model_name,
             self.template,
             self.shots,
@@ -373,7 +399,9 @@ class FewShotDetector:
         for label, count in ((0, shots - shots // 2), (1, shots // 2)):
             pool = np.flatnonzero(self.train_labels_ == label)
             if len(pool):
-                chosen.extend(rng.choice(pool, size=min(count, len(pool)), replace=False))
+                chosen.extend(
+                    rng.choice(pool, size=min(count, len(pool)), replace=False)
+                )
         chosen = np.array(chosen, dtype=int)
         rng.shuffle(chosen)
         return chosen[: self.shots] if self.shots else chosen
@@ -405,14 +433,18 @@ class FewShotDetector:
     def _nearest_examples(
         self, jobs: pd.DataFrame, positions: np.ndarray
     ) -> list[np.ndarray]:
-        """Return, per selected job, training positions of its neighbours, nearest last."""
-        features = _neighbour_features(jobs, run_context=self.template_.uses_run_context)
+        """Return per selected job the training positions of its neighbours."""
+        features = _neighbour_features(
+            jobs, run_context=self.template_.uses_run_context
+        )
         scaled = (features[positions] - self.feature_mean_) / self.feature_scale_
         groups = jobs["transformation"].astype(str).to_numpy()[positions]
         result: list[np.ndarray] = [np.array([], dtype=int)] * len(positions)
         for name in np.unique(groups):
             rows = np.flatnonzero(groups == name)
-            positions, index = self.neighbour_index_.get(name, self.neighbour_index_[None])
+            positions, index = self.neighbour_index_.get(
+                name, self.neighbour_index_[None]
+            )
             _, neighbours = index.kneighbors(scaled[rows])
             for row, found in zip(rows, neighbours):
                 # kneighbors sorts nearest first; the nearest goes last, right
@@ -443,7 +475,9 @@ class FewShotDetector:
                 "use calibration='content_free'"
             )
         positions = self._sample_validation(validation_jobs)
-        log_odds = self._log_odds(self.build_prompts(validation_jobs, positions=positions))
+        log_odds = self._log_odds(
+            self.build_prompts(validation_jobs, positions=positions)
+        )
         labels = validation_jobs["label"].to_numpy()[positions]
         threshold = choose_threshold(labels, log_odds)
         logger.info(
@@ -454,7 +488,7 @@ class FewShotDetector:
         return float(threshold)
 
     def _sample_validation(self, jobs: pd.DataFrame) -> np.ndarray:
-        """Return positions of up to ``max_validation_jobs`` jobs, stratified by label."""
+        """Return positions of up to ``max_validation_jobs`` jobs, stratified."""
         return stratified_sample(
             jobs["label"].to_numpy(), self.max_validation_jobs, seed=self.seed
         )
@@ -562,11 +596,11 @@ class FewShotDetector:
         Returns
         -------
         pandas.DataFrame
-            One row per selected job, with its index from ``jobs``: ``score`` (anomaly score in
-            [0, 1], NaN for a skipped job), ``predicted`` (1, 0, or <NA> when
-            skipped), ``status`` (``ok``, ``unmapped`` or ``error``),
-            ``explanation`` (the generated reply, empty with label scoring) and
-            ``error`` (the backend error text or empty).
+            One row per selected job, with its index from ``jobs``: ``score``
+            (anomaly score in [0, 1], NaN for a skipped job), ``predicted``
+            (1, 0, or <NA> when skipped), ``status`` (``ok``, ``unmapped`` or
+            ``error``), ``explanation`` (the generated reply, empty with label
+            scoring) and ``error`` (the backend error text or empty).
 
         Raises
         ------
@@ -643,7 +677,8 @@ class FewShotDetector:
         unmapped = int((status == "unmapped").sum())
         if unmapped and self.on_unmapped == "skip":
             warnings.warn(
-                f"{unmapped} of {len(prompts)} replies mapped to no label and were skipped",
+                f"{unmapped} of {len(prompts)} replies mapped to no label and were "
+                "skipped",
                 UnmappedReplyWarning,
                 stacklevel=3,
             )
@@ -662,17 +697,3 @@ class FewShotDetector:
         """Return 1 (anomalous) or 0 per job, and -1 for skipped jobs."""
         predicted = self.predict_details(jobs, positions=positions)["predicted"]
         return predicted.fillna(-1).to_numpy(dtype=int)
-
-
-def _positions(jobs: pd.DataFrame, positions: np.ndarray | None) -> np.ndarray:
-    """Return ``positions`` as an integer array, or every row position."""
-    if positions is None:
-        return np.arange(len(jobs))
-    positions = np.asarray(positions, dtype=int)
-    if positions.size and (positions.min() < 0 or positions.max() >= len(jobs)):
-        raise ValueError(
-            f"positions must lie in [0, {len(jobs)}) for a table of {len(jobs)} "
-            f"jobs, got values from {positions.min()} to {positions.max()}"
-        )
-    return positions
-

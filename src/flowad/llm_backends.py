@@ -101,7 +101,7 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
 
     transformers dequantises GGUF weights to float32 on every load, which takes
     tens of seconds; the converted folder loads in under a second. The folder
-    name holds the file's SHA-256, so a changed file is converted again.
+    name contains the file's SHA-256, so a changed file is converted again.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,9 +134,12 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
 
 
 def resolve_model_source(
-    model: str | Path | None, *, gguf_file: str | None = None, cache_dir: Path | None = None
+    model: str | Path | None,
+    *,
+    gguf_file: str | None = None,
+    cache_dir: Path | None = None,
 ) -> str:
-    """Turn a model argument into a folder or hub id that holds safetensors.
+    """Turn a model argument into a folder or hub id with safetensors weights.
 
     Parameters
     ----------
@@ -173,7 +176,7 @@ def resolve_model_source(
 
 
 class LLMBackend(ABC):
-    """A language model that answers :class:`~flowad.prompts.Prompt` objects.
+    """A language model that replies to :class:`~flowad.prompts.Prompt` objects.
 
     Attributes
     ----------
@@ -197,7 +200,7 @@ class LLMBackend(ABC):
     def score_labels(
         self, prompts: Sequence[Prompt], labels: Sequence[str]
     ) -> np.ndarray:
-        """Return the log-probability of each label as the reply, shape (jobs, labels)."""
+        """Return each label's log-probability as the reply, shape (jobs, labels)."""
         raise BackendError(
             f"{type(self).__name__} cannot score labels; use decision='generate' "
             "or the local backend"
@@ -222,7 +225,7 @@ class LocalCausalLM(LLMBackend):
         Name of a GGUF file inside the folder ``model``.
     batch_size
         Jobs scored per forward pass (default 8). Larger batches are faster
-        until memory runs short: each job holds a copy of the shared prefix's
+        until memory runs short: each job keeps a copy of the shared prefix's
         key/value cache.
     reuse_prefix
         Encode the prompt part shared by many jobs once and reuse its
@@ -349,7 +352,7 @@ class LocalCausalLM(LLMBackend):
         """Return the token ids of a label written after the answer prefix.
 
         After a prefix such as ``Label:`` the natural continuation starts with
-        a space; right after the assistant tag it does not.
+        a space. Right after the assistant tag it does not.
         """
         self.load()
         text = label
@@ -485,7 +488,10 @@ class LocalCausalLM(LLMBackend):
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start : start + self.batch_size]
                 scores[[index for index, _ in chunk]] = self._score_batch(
-                    prefix_kv, len(shared), [ids for _, ids in chunk], label_ids[answer_prefix]
+                    prefix_kv,
+                    len(shared),
+                    [ids for _, ids in chunk],
+                    label_ids[answer_prefix],
                 )
                 progress.update(1)
         progress.close()
@@ -508,7 +514,9 @@ class LocalCausalLM(LLMBackend):
         self.load()
         prefix_caches: dict[tuple, list[tuple]] = {}
         replies: list[str | BackendError] = []
-        for prompt in tqdm(prompts, desc="generating", disable=not self.show_progress_bar):
+        for prompt in tqdm(
+            prompts, desc="generating", disable=not self.show_progress_bar
+        ):
             shared, job = self.encode(prompt)
             ids = torch.tensor([shared + job])
             cache = None
@@ -592,7 +600,7 @@ class OpenAICompatibleBackend(LLMBackend):
     base_url
         Server URL up to ``/v1`` (default ``http://127.0.0.1:8000/v1``).
     api_key_env
-        Environment variable that holds the API key (default
+        Environment variable that contains the API key (default
         ``OPENAI_API_KEY``). When it is unset no Authorization header is sent,
         which local servers accept.
     max_concurrency
