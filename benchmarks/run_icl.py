@@ -14,6 +14,10 @@ Usage::
 
     python benchmarks/run_icl.py quality --data-root ../shared/data
     python benchmarks/run_icl.py speed --data-root ../shared/data
+    python benchmarks/run_icl.py report
+
+``report`` rewrites the in-context learning section of
+``benchmarks/RESULTS.md`` from the JSON files.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_PAGE = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION_START = "<!-- icl:start -->"
+SECTION_END = "<!-- icl:end -->"
+TARGET_F1 = 0.70
 WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
 # Configuration name -> FewShotDetector arguments. Order is priority order:
 # a time budget stops before the later ones.
@@ -254,12 +262,124 @@ def run_speed(args: argparse.Namespace) -> None:
     logger.info("speed: %s -> %s", json.dumps(timings), path.name)
 
 
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _quality_table(documents: list[dict]) -> list[str]:
+    lines = [
+        "| workflow | configuration | decision | test jobs | F1 | ROC AUC | PR AUC "
+        "| skipped | jobs/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(CONFIGS)
+
+    def key(document: dict) -> tuple:
+        config = document["config"]
+        return document["workflow"], order.index(config) if config in order else 99
+
+    for document in sorted(documents, key=key):
+        metrics = document["metrics"]
+        lines.append(
+            f"| {document['workflow']} | {document['config']} | {document['decision']} "
+            f"| {document['test_jobs']} | {_number(metrics['f1'])} "
+            f"| {_number(metrics['roc_auc'])} | {_number(metrics['pr_auc'])} "
+            f"| {metrics.get('skipped_jobs', 0)} "
+            f"| {_number(document['jobs_per_s'], 2)} |"
+        )
+    return lines
+
+
+def _speed_lines(document: dict) -> list[str]:
+    rates = document["jobs_per_s"]
+    return [
+        f"Speed on {document['workflow']} ({document['config']}: "
+        f"{document['shared_tokens']} shared tokens, {document['job_tokens_first']} "
+        f"tokens in the first job's part, {document['scored_jobs']} jobs scored, "
+        f"{document['generated_jobs']} generated):",
+        "",
+        "| mode | jobs/s |",
+        "|---|---|",
+        "| label scoring, prefix cache reused, batched | "
+        f"{_number(rates['score_reuse_prefix'])} |",
+        f"| label scoring, whole prompt per job | {_number(rates['score_no_reuse'])} |",
+        "| generation (8 tokens), prefix cache reused | "
+        f"{_number(rates['generate_reuse_prefix'])} |",
+        "| generation (8 tokens), whole prompt per job (naive) | "
+        f"{_number(rates['generate_naive'])} |",
+        "",
+        "Batched scoring with prefix reuse is "
+        f"{document['speedup_vs_naive_generation']:.1f}x faster than naive per-job "
+        f"generation and {document['speedup_vs_scoring_without_reuse']:.1f}x faster "
+        "than scoring without reuse. Scores with and without reuse differ by at most "
+        f"{document['max_abs_score_difference']:.1e} in log-probability.",
+    ]
+
+
+def run_report(args: argparse.Namespace) -> None:
+    """Rewrite the ICL section of RESULTS.md from the JSON results."""
+    documents = [
+        json.loads(path.read_text()) for path in sorted(RESULTS_DIR.glob("icl-*.json"))
+    ]
+    quality = [d for d in documents if "metrics" in d]
+    speed = [d for d in documents if "speedup_vs_naive_generation" in d]
+    if not quality:
+        raise SystemExit(f"no ICL results in {RESULTS_DIR}; run the quality mode first")
+    sample = quality[0]
+    lines = [
+        SECTION_START,
+        "## In-context learning",
+        "",
+        "`flowad.icl.FewShotDetector` (command `flowad icl`) with the packaged "
+        f"{sample['model']} and no weight update, template `{sample['template']}`, "
+        f"`runs` split with seed {sample['seed']}. Test jobs are a seeded sample of "
+        "the test runs, stratified by label. Label scoring subtracts the log-odds "
+        "offset with the best F1 on a stratified sample of validation jobs, then "
+        "thresholds at 0.5. Generation parses the reply, and replies that map to no "
+        "label are skipped and counted.",
+        "",
+        f"- Machine: {sample['machine']}, shared with other jobs (load average "
+        "above 10 during the runs, so jobs/s are far below an idle machine's).",
+        "- Commands: `python benchmarks/run_icl.py quality|speed --data-root "
+        "/work/shared/data ...` as stored in each JSON file, then "
+        "`python benchmarks/run_icl.py report`.",
+        f"- Date: {sample['date'][:10]}",
+        "",
+        *_quality_table(quality),
+        "",
+    ]
+    genome = [d for d in quality if d["workflow"] == "1000genome"]
+    if genome:
+        best = max(genome, key=lambda d: d["metrics"]["f1"])
+        reached = "reaches" if best["metrics"]["f1"] >= TARGET_F1 else "misses"
+        lines.append(
+            f"Best 1000genome configuration: {best['config']}, F1 "
+            f"{best['metrics']['f1']:.3f} on {best['test_jobs']} test jobs, which "
+            f"{reached} the F1 {TARGET_F1:.2f} target."
+        )
+        lines.append("")
+    for document in speed:
+        lines.extend(_speed_lines(document))
+        lines.append("")
+    lines.append(SECTION_END)
+    section = "\n".join(lines)
+    text = (
+        RESULTS_PAGE.read_text() if RESULTS_PAGE.exists() else "# Benchmark results\n"
+    )
+    if SECTION_START in text and SECTION_END in text:
+        before = text[: text.index(SECTION_START)]
+        after = text[text.index(SECTION_END) + len(SECTION_END) :]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS_PAGE.write_text(text)
+    logger.info("wrote the ICL section of %s", RESULTS_PAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("quality", "speed"))
-    parser.add_argument(
-        "--data-root", type=Path, required=True, help="Folder with flowbench/."
-    )
+    parser.add_argument("mode", choices=("quality", "speed", "report"))
+    parser.add_argument("--data-root", type=Path, help="Folder with flowbench/.")
     parser.add_argument("--workflows", nargs="+", default=list(WORKFLOWS))
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
     parser.add_argument("--template", default="compact", help="Sentence template.")
@@ -287,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.mode == "quality":
+    if args.mode == "report":
+        run_report(args)
+    elif args.data_root is None:
+        parser.error(f"{args.mode} needs --data-root")
+    elif args.mode == "quality":
         run_quality(args)
     else:
         run_speed(args)
