@@ -144,6 +144,11 @@ class TestContextFeatures:
             > calling_features.loc[target, "host_runtime_max"]
         )
 
+    def test_empty_table(self, calling_jobs):
+        features = context_features(calling_jobs.iloc[:0])
+        assert features.shape == (0, len(CONTEXT_FEATURE_COLUMNS))
+        assert get_template("context")(calling_jobs.iloc[:0]) == []
+
     def test_missing_column_raises(self, calling_jobs):
         with pytest.raises(
             ValueError,
