@@ -273,13 +273,13 @@ def run_sft(args: argparse.Namespace) -> None:
 
 
 def _mean_std(values: list[float]) -> str:
-    """Format ``mean ± std`` (population std over seeds) with three decimals."""
+    """Format ``mean ± std`` (sample standard deviation over seeds), three decimals."""
     values = [value for value in values if value is not None]
     if not values:
         return "n/a"
     if len(values) == 1:
         return f"{values[0]:.3f} (1 seed)"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def run_table(args: argparse.Namespace) -> None:
