@@ -499,7 +499,11 @@ def _add_replay_parser(subparsers) -> None:
     parser.add_argument(
         "runs", nargs="+", help="Flow-Bench runs: run CSV files, zip archives or folders."
     )
-    parser.add_argument("--model", required=True, help="Folder written by `flowad train`.")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Folder of a saved detector (full model or LoRA adapters).",
+    )
     parser.add_argument(
         "--threshold",
         type=float,
@@ -523,10 +527,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from flowad.data import load_jobs
-    from flowad.finetune import TextClassifierDetector
+    from flowad.lora import load_detector
     from flowad.online import iter_events, replay_run
 
-    detector = TextClassifierDetector.load(args.model)
+    detector = load_detector(args.model)
     jobs = load_jobs(args.runs, skip_bad_runs=args.skip_bad_runs)
     alerts = 0
     for alert in replay_run(
