@@ -62,3 +62,23 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def genome_small_zip(repo_root: Path, tmp_path_factory) -> Path:
+    """A zip of 40 of the bundled 1000genome runs (every ninth), for fast CLI runs.
+
+    Every run label of 1000genome occurs among them, so the runs split gives
+    each part normal and anomalous jobs.
+    """
+    import zipfile
+
+    source = repo_root / "data" / "1000genome.zip"
+    target = tmp_path_factory.mktemp("genome-small") / "1000genome-40runs.zip"
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(
+        target, "w", zipfile.ZIP_DEFLATED
+    ) as small:
+        names = sorted(archive.namelist())[::9]
+        for name in names:
+            small.writestr(name, archive.read(name))
+    return target

