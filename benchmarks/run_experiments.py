@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shlex
 import sys
@@ -65,8 +66,14 @@ def _render_section(results_dir: Path) -> str:
         "smoke-scale numbers, not as the study's results.",
         "",
     ]
-    for path in sorted(results_dir.glob("analysis-*.json")):
-        document = json.loads(path.read_text())
+    paths = sorted(results_dir.glob("analysis-*.json"))
+    documents = [json.loads(path.read_text()) for path in paths]
+    missing = sorted(
+        set(EXPERIMENTS) - {document["experiment"] for document in documents}
+    )
+    if missing:
+        lines += [f"No results recorded yet for: {', '.join(missing)}.", ""]
+    for document in documents:
         lines += [
             f"### {document['experiment']}: {document['meta'].get('workflow')}"
             + (
@@ -97,11 +104,11 @@ def _update_results_page(results_dir: Path, page: Path) -> None:
     page.write_text(text)
 
 
-def _main_table_markdown(out: Path) -> str:
-    """Return table.md without its title and provenance lines."""
+def _tables_markdown(out: Path) -> str:
+    """Return the tables of table.md, without its title and provenance lines."""
     text = (out / "table.md").read_text()
-    start = text.index("\n|")
-    return text[start + 1 :].strip()
+    tables = text[text.index("\n|") + 1 :].strip()
+    return tables.replace("\n## ", "\n#### ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             document = json.loads((result.out / "result.json").read_text())
             document["command"] = command
             document["machine"] = (
-                f"{platform.machine()}, {platform.processor() or 'CPU'}"
+                f"{platform.machine()}, {os.cpu_count()} CPU cores, shared"
             )
             document["finished"] = datetime.now(timezone.utc).strftime(
                 "%Y-%m-%d %H:%M UTC"
             )
-            document["table_markdown"] = _main_table_markdown(result.out)
+            document["table_markdown"] = _tables_markdown(result.out)
             target_path = (
                 args.results_dir
                 / f"analysis-{name}-{label}-{args.split}-seed{args.seed}.json"
