@@ -68,7 +68,7 @@ class TestEvaluateCommand:
 class TestPredictCommand:
     @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
     def test_predict_writes_one_row_per_job(self, trained_model, fixtures_dir, tmp_path, suffix):
-        data = fixtures_dir / "montage-3runs.zip"
+        data = fixtures_dir / "predict_future_sales-3runs.zip"
         out = tmp_path / f"predictions{suffix}"
         assert main(["predict", "--model", str(trained_model), "--data", str(data), "--out", str(out)]) == 0
         frame = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
@@ -82,7 +82,7 @@ class TestDemoCommand:
         out = tmp_path / "demo"
         status = main(["demo", "--data", str(genome_small_zip), *TINY_TRAINING, "--out", str(out)])
         assert status == 0
-        for path in ("model/model.safetensors", "evaluation/metrics.json", "predictions.csv",
+        for path in ("model/model.safetensors", "evaluation/metrics.json", "evaluation/predictions.csv",
                      "baseline-gbdt/metrics.json", "report.html"):
             assert (out / path).is_file(), path
         printed = capsys.readouterr().out

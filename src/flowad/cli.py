@@ -20,7 +20,7 @@ from flowad.exceptions import FlowadError
 logger = logging.getLogger("flowad")
 
 # Template of the main job; run-context sentences carry the most signal.
-DEMO_TEMPLATE = "compact"
+DEMO_TEMPLATE = "context"
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
@@ -426,7 +426,7 @@ def _add_demo_parser(subparsers) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from flowad.evaluate import format_metrics_table, write_predictions
+    from flowad.evaluate import format_metrics_table
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -443,20 +443,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = _evaluate(detector, jobs, split, args, "test")
     print()
     print(format_metrics_table(metrics, title="test metrics (runs never seen in training)"))
-    everything = detector.predict_proba(jobs)
-    from flowad.evaluate import build_predictions
-
-    write_predictions(
-        build_predictions(jobs, everything, threshold=detector.threshold_).rename(
-            columns={"score": "probability"}
-        ),
-        out / "predictions.csv",
-    )
     report = _write_demo_report(args, jobs, split, out)
     print()
     print(f"model:       {out / 'model'}")
     print(f"metrics:     {out / 'evaluation' / 'metrics.json'}")
-    print(f"predictions: {out / 'predictions.csv'} (every job)")
+    print(f"predictions: {out / 'evaluation' / 'predictions.csv'} (test runs)")
     if report is not None:
         print(f"report:      {report}")
     print(f"finished in {time.perf_counter() - started:.0f} s")
