@@ -37,7 +37,9 @@ def _render_with_run_context(jobs: pd.DataFrame) -> list[str]:
     """Write each job's runtime next to the number of jobs of its run in the table."""
     sizes = jobs.groupby("run")["run"].transform("size").to_numpy()
     runtimes = jobs["runtime"].to_numpy(dtype=float)
-    return [f"run jobs {size}, runtime {runtime}" for size, runtime in zip(sizes, runtimes)]
+    return [
+        f"run jobs {size}, runtime {runtime}" for size, runtime in zip(sizes, runtimes)
+    ]
 
 
 register_template(
@@ -163,7 +165,8 @@ class TestPartialJobs:
         pd.testing.assert_frame_equal(partial_jobs(run_slice, FINAL_STAGE), run_slice)
 
     def test_partial_jobs_compact_writes_none_for_unknown(self, run_slice):
-        sentence = render_partial(run_slice.iloc[:1], "submitted", template="compact")[0]
+        sentences = render_partial(run_slice.iloc[:1], "submitted", template="compact")
+        sentence = sentences[0]
         assert sentence.startswith("wms ")
         assert "queue none" in sentence
         assert "runtime none" in sentence
@@ -215,7 +218,9 @@ class TestAugmentPartial:
                 assert rows[column].isna().all(), (stage, column)
 
     def test_augment_partial_zero_copies_raises(self, run_slice):
-        with pytest.raises(ValueError, match=re.escape("copies must be at least 1, got 0")):
+        with pytest.raises(
+            ValueError, match=re.escape("copies must be at least 1, got 0")
+        ):
             augment_partial(run_slice, copies=0)
 
 
@@ -252,7 +257,9 @@ class TestStreamingDetector:
         record = run_slice.iloc[0].to_dict()
         changed = dict(record, runtime=123456.0, kickstart_executables_cpu_time=9.0)
         assert stream.score_one(record, "queued") == stream.score_one(changed, "queued")
-        assert stream.score_one(record, "running") != stream.score_one(changed, "running")
+        assert stream.score_one(record, "running") != stream.score_one(
+            changed, "running"
+        )
 
     def test_learn_one_returns_self_and_tracks_finished(self, detector, run_slice):
         stream = StreamingDetector(detector)
@@ -265,14 +272,18 @@ class TestStreamingDetector:
 
     def test_score_one_record_without_run_raises(self, detector):
         stream = StreamingDetector(detector)
-        with pytest.raises(ValueError, match=re.escape("a job record needs the keys ['run']")):
+        with pytest.raises(
+            ValueError, match=re.escape("a job record needs the keys ['run']")
+        ):
             stream.score_one({"job": "a"}, "ready")
 
     def test_score_one_unfitted_detector_raises(self):
         from flowad.finetune import TextClassifierDetector
 
         stream = StreamingDetector(TextClassifierDetector())
-        with pytest.raises(NotFittedError, match=re.escape("the wrapped detector is not fitted")):
+        with pytest.raises(
+            NotFittedError, match=re.escape("the wrapped detector is not fitted")
+        ):
             stream.score_one({"run": "r", "job": "j"}, "ready")
 
 
@@ -282,7 +293,9 @@ class TestReplayRun:
         alerts = list(replay_run(run_slice, detector, threshold=0.0))
         assert len(alerts) == len(run_slice)
         assert {alert.stage for alert in alerts} == {"ready"}
-        assert [alert.time for alert in alerts] == sorted(alert.time for alert in alerts)
+        assert [alert.time for alert in alerts] == sorted(
+            alert.time for alert in alerts
+        )
         assert all(alert.seconds_before_end >= 0 for alert in alerts)
 
     def test_replay_run_all_stages_when_not_first_only(self, detector, run_slice):
@@ -302,7 +315,14 @@ class TestReplayRun:
         detector.save(tmp_path / "model")
 
         status = main(
-            ["replay", str(run_file), "--model", str(tmp_path / "model"), "--threshold", "0"]
+            [
+                "replay",
+                str(run_file),
+                "--model",
+                str(tmp_path / "model"),
+                "--threshold",
+                "0",
+            ]
         )
 
         output = capsys.readouterr().out

@@ -7,10 +7,10 @@ only the columns of that stage and the earlier ones are known.
 
 Unknown values are written as missing values. :func:`partial_jobs` sets every
 column that is not known yet to NaN, and a template renders it like a value
-missing in the data (``nan`` in ``published``, ``none`` in ``compact``). Training augmentation (:func:`augment_partial`)
-and scoring use the same function, so a model sees one convention. A
-consequence is that "not known yet" and "never recorded" (a job without
-stage-in) read the same.
+missing in the data (``nan`` in ``published``, ``none`` in ``compact``).
+Training augmentation (:func:`augment_partial`) and scoring use the same
+function, so a model learns one convention. A consequence is that "not
+known yet" and "never recorded" (a job without stage-in) read the same.
 
 Event times come from the stage's timestamp column. Flow-Bench records the
 Pegasus-lite stage-in and stage-out inside the execution window (stage-in
@@ -70,7 +70,13 @@ LIFECYCLE_STAGES = (
     LifecycleStage("ready", ("ready",), "ready"),
     LifecycleStage(
         "submitted",
-        ("wms_delay", "submit", "pre_script_start", "pre_script_end", "pre_script_delay"),
+        (
+            "wms_delay",
+            "submit",
+            "pre_script_start",
+            "pre_script_end",
+            "pre_script_delay",
+        ),
         "submit",
     ),
     LifecycleStage("queued", ("queue_delay", "execute_start"), "execute_start"),
@@ -215,7 +221,9 @@ def event_times(jobs: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Index ``jobs.index``, one float column per stage in ``STAGE_NAMES``.
     """
-    missing = [stage.timestamp for stage in LIFECYCLE_STAGES if stage.timestamp not in jobs]
+    missing = [
+        stage.timestamp for stage in LIFECYCLE_STAGES if stage.timestamp not in jobs
+    ]
     if missing:
         raise ValueError(
             f"event times need the timestamp column(s) {missing}; load jobs with "
@@ -422,9 +430,7 @@ class StreamingDetector:
                     "on it first"
                 )
             if self.cache_size < 0:
-                raise ValueError(
-                    f"cache_size must be 0 or more, got {self.cache_size}"
-                )
+                raise ValueError(f"cache_size must be 0 or more, got {self.cache_size}")
             self.finished_: dict[str, list[dict]] = {}
             self.stages_: dict[tuple[str, str], str] = {}
             self._cache: OrderedDict[str, float] = OrderedDict()
