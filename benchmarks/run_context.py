@@ -2,10 +2,12 @@
 
 ``gbdt``
     Gradient boosting (``HistGradientBoostingClassifier``, scikit-learn
-    defaults, one thread) on the nine published fields, and on the same fields
-    plus :data:`flowad.context.CONTEXT_FEATURE_COLUMNS`. Context columns are
-    computed once on the whole job table, so every job sees its whole run
-    (offline scoring), for every split.
+    defaults, one thread) on the nine published fields (``published``), on
+    the same fields plus :data:`flowad.context.CONTEXT_FEATURE_COLUMNS`
+    (``context``), or plus only the job's own ratios and ``is_compute``
+    (``context_job``: no host evidence, like the template of that name).
+    Context columns are computed once on the whole job table, so every job
+    sees its whole run (offline scoring), for every split.
 ``sft``
     Fine-tune the packaged MiniLM with a sentence template
     (:class:`flowad.finetune.TextClassifierDetector`). The detector renders
@@ -143,9 +145,15 @@ def run_gbdt(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         context = context_features(jobs)
         context_seconds = time.perf_counter() - started
+        job_columns = [
+            column
+            for column in CONTEXT_FEATURE_COLUMNS
+            if column == "is_compute" or column.endswith(("_ratio", "_ratio_others"))
+        ]
         tables = {
             "published": published,
             "context": pd.concat([published, context], axis=1),
+            "context_job": pd.concat([published, context[job_columns]], axis=1),
         }
         for split_name, seed in _splits_for(workflow, args.splits, args.seeds):
             split = _split(jobs, args.data_root, workflow, split_name, seed)
@@ -340,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             "--skip-existing", action="store_true", help="Skip rows already written."
         )
     gbdt.add_argument(
-        "--feature-sets", nargs="+", default=["published", "context"]
+        "--feature-sets",
+        nargs="+",
+        choices=["published", "context", "context_job"],
+        default=["published", "context"],
     )
     sft.add_argument("--templates", nargs="+", default=["context"])
     sft.add_argument("--epochs", type=int, default=1)
