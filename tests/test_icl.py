@@ -251,6 +251,22 @@ class TestFewShotDetector:
         assert detector.offset_ == expected
         assert backend.labels == [LABEL_NAMES]
 
+    def test_platt_scaling_matches_logistic_regression(self, parts):
+        from sklearn.linear_model import LogisticRegression
+
+        train, validation, test = parts
+        backend = ScriptedBackend()
+        detector = FewShotDetector(
+            backend, calibration="platt", max_validation_jobs=30
+        ).fit(train, validation)
+        positions = stratified_sample(validation["label"].to_numpy(), 30, seed=0)
+        log_odds = np.array([len(p.job) % 7 for p in backend.prompts], dtype=float)
+        labels = validation["label"].to_numpy()[positions]
+        model = LogisticRegression(C=1e6).fit(log_odds.reshape(-1, 1), labels)
+        expected = model.predict_proba(log_odds.reshape(-1, 1))[:, 1]
+        logits = detector.slope_ * (log_odds - detector.offset_)
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), expected, atol=1e-6)
+
     def test_content_free_offset_uses_na_query(self, parts):
         backend = ScriptedBackend()
         detector = FewShotDetector(backend, calibration="content_free").fit(parts[0])

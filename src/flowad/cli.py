@@ -727,9 +727,9 @@ def _add_icl_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--calibration",
-        choices=("validation", "content_free", "none"),
+        choices=("validation", "platt", "content_free", "none"),
         default="validation",
-        help="Log-odds offset for label scoring (default: validation).",
+        help="How label log-odds become scores (default: validation).",
     )
     parser.add_argument(
         "--on-unmapped",

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 SELECTIONS = ("random", "balanced", "nearest")
 DECISIONS = ("score", "generate")
-CALIBRATIONS = ("validation", "content_free", "none")
+CALIBRATIONS = ("validation", "platt", "content_free", "none")
 UNMAPPED_POLICIES = ("raise", "anomalous", "skip")
 ERROR_POLICIES = ("raise", "skip")
 # Name under which the rendered template sentence appears in the job block.
@@ -172,6 +172,26 @@ def _neighbour_features(jobs: pd.DataFrame, *, run_context: bool) -> np.ndarray:
     return np.hstack(features)
 
 
+def _platt_scaling(labels: np.ndarray, log_odds: np.ndarray) -> tuple[float, float]:
+    """Fit ``P(anomalous) = sigmoid(slope * (x - offset))`` on validation jobs."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(labels)) < 2:
+        raise ValueError(
+            "calibration='platt' needs normal and anomalous validation jobs; the "
+            "sample holds one class, so pass more validation jobs"
+        )
+    model = LogisticRegression(C=1e6).fit(log_odds.reshape(-1, 1), labels)
+    slope = float(model.coef_[0, 0])
+    if slope == 0.0:
+        raise ValueError(
+            "calibration='platt' found no relation between log-odds and labels on "
+            "the validation jobs; use calibration='validation'"
+        )
+    logger.info("Platt scaling on %d validation jobs: slope %.3f", len(labels), slope)
+    return slope, float(-model.intercept_[0] / slope)
+
+
 def _positions(jobs: pd.DataFrame, positions: np.ndarray | None) -> np.ndarray:
     """Return ``positions`` as an integer array, or every row position."""
     if positions is None:
@@ -222,12 +242,15 @@ class FewShotDetector:
     decision : {"score", "generate"}
         ``score`` (default) compares label log-probabilities; ``generate``
         parses a generated reply.
-    calibration : {"validation", "content_free", "none"}
-        Offset subtracted from the label log-odds with ``decision="score"``.
-        ``validation`` (default) uses the log-odds threshold with the best F1
-        on validation jobs, ``content_free`` the log-odds of a query whose
-        fields are all "N/A", ``none`` zero. The decision threshold on the
-        resulting score is always 0.5.
+    calibration : {"validation", "platt", "content_free", "none"}
+        How label log-odds ``x`` become a score ``sigmoid(slope_ * (x -
+        offset_))`` with ``decision="score"``. ``validation`` (default) sets
+        ``offset_`` to the log-odds threshold with the best F1 on validation
+        jobs. ``platt`` fits a logistic regression of the validation labels on
+        ``x`` (Platt scaling), so ``slope_`` may be negative when the model
+        ranks jobs the wrong way round. ``content_free`` sets ``offset_`` to
+        the log-odds of a query whose fields are all "N/A", and ``none`` to
+        zero. The decision threshold on the score is always 0.5.
     on_unmapped : {"raise", "anomalous", "skip"}
         What a generated reply that maps to no label becomes: an
         :class:`~flowad.exceptions.UnmappedReplyError` (default), an
@@ -252,6 +275,8 @@ class FewShotDetector:
     ----------
     offset_
         Calibration offset subtracted from the log-odds.
+    slope_
+        Factor applied to the offset log-odds; 1 unless ``calibration="platt"``.
     stats_block_
         The statistics text, or ``None``.
     shared_examples_
@@ -377,8 +402,9 @@ class FewShotDetector:
         if self.shots and self.selection == "nearest":
             self._fit_neighbours(train_jobs)
         self.offset_ = 0.0
+        self.slope_ = 1.0
         if self.decision == "score":
-            self.offset_ = self._calibrate(validation_jobs)
+            self.slope_, self.offset_ = self._calibrate(validation_jobs)
         logger.info(
             "ICL detector ready: %s, template %s, %d shots (%s), stats %s, %s, "
             "offset %.3f",
@@ -452,12 +478,12 @@ class FewShotDetector:
                 result[row] = positions[found[::-1]]
         return result
 
-    def _calibrate(self, validation_jobs: pd.DataFrame | None) -> float:
-        """Return the log-odds offset for the chosen calibration."""
+    def _calibrate(self, validation_jobs: pd.DataFrame | None) -> tuple[float, float]:
+        """Return the slope and log-odds offset for the chosen calibration."""
         from flowad.evaluate import choose_threshold
 
         if self.calibration == "none":
-            return 0.0
+            return 1.0, 0.0
         if self.calibration == "content_free":
             fields = {name: CONTENT_FREE_VALUE for name in self._field_names()}
             examples = [
@@ -468,24 +494,26 @@ class FewShotDetector:
                 prompt = self._prompt(fields, job_examples=examples)
             else:
                 prompt = self._prompt(fields)
-            return float(self._log_odds([prompt])[0])
+            return 1.0, float(self._log_odds([prompt])[0])
         if validation_jobs is None or validation_jobs.empty:
             raise ValueError(
-                "calibration='validation' needs validation_jobs; pass them to fit or "
-                "use calibration='content_free'"
+                f"calibration={self.calibration!r} needs validation_jobs; pass them "
+                "to fit or use calibration='content_free'"
             )
         positions = self._sample_validation(validation_jobs)
         log_odds = self._log_odds(
             self.build_prompts(validation_jobs, positions=positions)
         )
         labels = validation_jobs["label"].to_numpy()[positions]
+        if self.calibration == "platt":
+            return _platt_scaling(labels, log_odds)
         threshold = choose_threshold(labels, log_odds)
         logger.info(
             "calibrated on %d validation jobs: log-odds threshold %.3f",
             len(positions),
             threshold,
         )
-        return float(threshold)
+        return 1.0, float(threshold)
 
     def _sample_validation(self, jobs: pd.DataFrame) -> np.ndarray:
         """Return positions of up to ``max_validation_jobs`` jobs, stratified."""
@@ -619,7 +647,8 @@ class FewShotDetector:
         error = np.full(count, "", dtype=object)
         if self.decision == "score":
             log_odds = self.decision_function(jobs, positions=positions)
-            scores = 1.0 / (1.0 + np.exp(-(log_odds - self.offset_)))
+            logits = self.slope_ * (log_odds - self.offset_)
+            scores = 1.0 / (1.0 + np.exp(-logits))
         else:
             prompts = self.build_prompts(jobs, positions=positions)
             scores = self._generate_scores(prompts, status, explanation, error)
