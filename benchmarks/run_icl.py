@@ -46,6 +46,9 @@ CONFIGS = {
     "zero-shot-stats": dict(shots=0, use_stats=True),
     "nearest2-stats": dict(shots=2, selection="nearest", use_stats=True),
     "nearest4-stats": dict(shots=4, selection="nearest", use_stats=True),
+    "nearest2-stats-platt": dict(
+        shots=2, selection="nearest", use_stats=True, calibration="platt"
+    ),
     "balanced4-stats": dict(shots=4, selection="balanced", use_stats=True),
     "random4-stats": dict(shots=4, selection="random", use_stats=True),
     "zero-shot-nostats": dict(shots=0, use_stats=False),
@@ -169,6 +172,7 @@ def run_quality(args: argparse.Namespace) -> None:
                     "decision": detector.decision,
                     "calibration": detector.calibration,
                     "offset": detector.offset_,
+                    "slope": detector.slope_,
                     "test_jobs": int(len(positions)),
                     "validation_jobs": min(args.validation_jobs, len(validation)),
                     "metrics": metrics,
