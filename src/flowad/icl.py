@@ -231,8 +231,9 @@ class FewShotDetector:
         ``balanced`` (default) draws half normal and half abnormal jobs once.
         Both sets are shared by all jobs, so their key/value cache is reused.
         ``nearest`` picks, per job, the ``shots`` training jobs of the same
-        transformation closest in numeric fields, nearest last; they cannot be
-        shared, so each job reads them.
+        transformation closest in numeric fields and puts the nearest last.
+        These examples differ per job, so they are not part of the shared
+        prefix and every job reads them.
     use_stats
         Include the class-statistics block computed on the training jobs
         (default True).
@@ -716,7 +717,7 @@ class FewShotDetector:
     def predict_proba(
         self, jobs: pd.DataFrame, *, positions: np.ndarray | None = None
     ) -> np.ndarray:
-        """Return the anomaly score per job in [0, 1]; NaN for skipped jobs."""
+        """Return the anomaly score per job in [0, 1], or NaN for a skipped job."""
         details = self.predict_details(jobs, positions=positions)
         return details["score"].to_numpy(dtype=float)
 
