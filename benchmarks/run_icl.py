@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -270,11 +271,17 @@ def _number(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _threads(document: dict) -> str:
+    """Return the torch thread count stored in a result's machine line."""
+    found = re.search(r"\((\d+) threads\)", document["machine"])
+    return found.group(1) if found else "?"
+
+
 def _quality_table(documents: list[dict]) -> list[str]:
     lines = [
         "| workflow | configuration | decision | test jobs | F1 | F1 all anomalous "
-        "| ROC AUC | PR AUC | skipped | jobs/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ROC AUC | PR AUC | skipped | jobs/s | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(CONFIGS)
 
@@ -293,7 +300,7 @@ def _quality_table(documents: list[dict]) -> list[str]:
             f"| {_number(all_anomalous)} "
             f"| {_number(metrics['roc_auc'])} | {_number(metrics['pr_auc'])} "
             f"| {metrics.get('skipped_jobs', 0)} "
-            f"| {_number(document['jobs_per_s'], 2)} |"
+            f"| {_number(document['jobs_per_s'], 2)} | {_threads(document)} |"
         )
     return lines
 
