@@ -3,7 +3,8 @@
 Quality: fine-tune the packaged MiniLM on the training part of the ``runs``
 and ``paper`` splits and report F1 on the test part.
 
-Speed: fine-tune and score with flowad and with the SC'24 study's recipe
+Speed: fine-tune and score with flowad and with the recipe of the SC'24
+study of SFT and ICL for workflow anomaly detection (Jin et al.)
 (``transformers.Trainer`` with default arguments, the published template and
 ``DataCollatorWithPadding``) on the same model and the same training
 subsample. Each side runs in its own subprocess, so the peak resident memory

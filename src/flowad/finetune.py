@@ -13,8 +13,8 @@ are never seen during fitting.
 
 Open tasks:
 
-- Mixed precision is not used: the CPUs this was developed on have no bf16
-  matrix units, and fp32 is the safe default on CPU.
+- Mixed precision is not used. fp32 is the safe default on CPUs without bf16
+  matrix units; a ``torch.autocast`` option would help on CPUs that have them.
 """
 
 from __future__ import annotations
