@@ -72,11 +72,18 @@ class MockChatServer:
                     server.headers.append(dict(self.headers))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                behaviour = server._next()
                 try:
-                    self._respond(server._next())
+                    if behaviour[0] == "sleep":
+                        time.sleep(behaviour[1])
+                        behaviour = ("reply", behaviour[2])
                 finally:
+                    # Leave the in-flight count before the reply is written: once
+                    # the client reads it, its worker may send the next request
+                    # before this handler thread runs again.
                     with server._lock:
                         server.in_flight -= 1
+                self._respond(behaviour)
 
             def _respond(self, behaviour: tuple) -> None:
                 kind = behaviour[0]
