@@ -1,7 +1,7 @@
 """Readers for Flow-Bench job records and the published text splits.
 
 A Flow-Bench run is one CSV file with one row per job: column 0 (empty header)
-holds the job name and 44 named columns hold the label, timestamps, durations,
+contains the job name and 44 named columns contain the label, timestamps, durations,
 transfer volumes and the kickstart record (see ``REQUIRED_COLUMNS``). Runs are
 read from zip archives (in memory, never extracted), folders searched
 recursively, or single CSV files, and are concatenated into one
@@ -93,7 +93,7 @@ TEXT_COLUMNS = (
     "kickstart_executables_argv",
 )
 # The 44 named columns of a Flow-Bench run file. Column 0 has an empty header
-# and holds the job name.
+# and contains the job name.
 REQUIRED_COLUMNS = frozenset(NUMERIC_COLUMNS) | frozenset(TEXT_COLUMNS)
 NORMAL_LABELS = frozenset({"", "None", "none", "nan", "NaN"})
 LABEL_PATTERN = re.compile(r"^(cpu|hdd)_(\d+)$")

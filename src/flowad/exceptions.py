@@ -23,7 +23,7 @@ class DataError(FlowadError, ValueError):
     message
         What is wrong and how to fix it.
     path
-        File (or ``archive.zip::member``) that holds the bad input.
+        File (or ``archive.zip::member``) that contains the bad input.
     row
         1-based line number in that file, counting the header as line 1, or
         ``None`` when the problem concerns the whole file.
