@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import shlex
 import sys
 import time
@@ -28,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from _common import WORKFLOWS, machine, mean_std, split_workflow
 
 from flowad.baselines import FEATURE_SETS, MODEL_NAMES, BaselineDetector
 from flowad.data import load_jobs
@@ -36,14 +35,6 @@ from flowad.splits import make_split
 
 logger = logging.getLogger("run_baselines")
 
-WORKFLOWS = (
-    "1000genome",
-    "montage",
-    "predict_future_sales",
-    "variant_calling",
-    "casa_wind_full",
-    "casa_nowcast_small",
-)
 HERE = Path(__file__).resolve().parent
 SECTION_START = "<!-- baselines:start -->"
 SECTION_END = "<!-- baselines:end -->"
@@ -65,13 +56,6 @@ def _context_available() -> bool:
     except ModuleNotFoundError:
         return False
     return True
-
-
-def _machine() -> str:
-    return (
-        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def _result_path(results_dir: Path, record: dict) -> Path:
@@ -106,21 +90,27 @@ def _run_one(jobs, split, *, workflow, model, features, seed, n_jobs) -> dict:
         "split_sizes": split.sizes(),
         "metrics": metrics,
         "fit_seconds": round(time.perf_counter() - started, 2),
-        "machine": _machine(),
+        "machine": machine(),
     }
 
 
 def _splits_for(workflow: str, jobs, args) -> list:
-    """Return (split, seed) pairs to run for one workflow."""
-    pairs = []
+    """Return (jobs, split, seed) triples to run for one workflow.
+
+    The ``paper`` split shares runs between parts, so its job table carries
+    the whole-run context (see :func:`_common.split_workflow`).
+    """
+    triples = []
     if "runs" in args.splits:
         for seed in args.seeds:
-            pairs.append((make_split(jobs, "runs", seed=seed), seed))
+            triples.append((jobs, make_split(jobs, "runs", seed=seed), seed))
     paper_dir = Path(args.data_root) / "paper_splits" / workflow
     if "paper" in args.splits and (paper_dir / "test.csv").exists():
         # The published split is fixed, so its seed only seeds the model.
-        pairs.append((make_split(jobs, "paper", paper_dir=paper_dir), 0))
-    return pairs
+        triples.append(
+            (*split_workflow(jobs, args.data_root, workflow, "paper", 0), 0)
+        )
+    return triples
 
 
 def run_benchmarks(args: argparse.Namespace) -> None:
@@ -133,7 +123,7 @@ def run_benchmarks(args: argparse.Namespace) -> None:
             logger.warning("Skipping %s: %s not found", workflow, zip_path)
             continue
         jobs = load_jobs(zip_path)
-        for split, seed in _splits_for(workflow, jobs, args):
+        for split_jobs, split, seed in _splits_for(workflow, jobs, args):
             for features in args.features:
                 for model in args.models:
                     record = {
@@ -147,7 +137,7 @@ def run_benchmarks(args: argparse.Namespace) -> None:
                     if args.skip_existing and path.exists():
                         continue
                     record = _run_one(
-                        jobs,
+                        split_jobs,
                         split,
                         workflow=workflow,
                         model=model,
@@ -202,15 +192,6 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _mean_std(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Return one row per workflow, split, features and model, over all seeds."""
     keys = ["workflow", "split", "features", "model"]
@@ -221,9 +202,9 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
                 **dict(zip(keys, key)),
                 "seeds": ", ".join(str(seed) for seed in sorted(group["seed"])),
                 "f1_mean": group["f1"].mean(),
-                "F1": _mean_std(group["f1"]),
-                "ROC AUC": _mean_std(group["roc_auc"]),
-                "PR AUC": _mean_std(group["pr_auc"]),
+                "F1": mean_std(group["f1"]),
+                "ROC AUC": mean_std(group["roc_auc"]),
+                "PR AUC": mean_std(group["pr_auc"]),
                 "fit s": f"{group['fit_seconds'].mean():.0f}",
             }
         )

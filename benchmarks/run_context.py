@@ -38,73 +38,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    RESULTS_DIR,
+    WORKFLOWS,
+    load_workflow,
+    mean_std,
+    split_workflow,
+    splits_for,
+    write_result,
+)
 
 logger = logging.getLogger("run_context")
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WORKFLOWS = (
-    "1000genome",
-    "montage",
-    "predict_future_sales",
-    "variant_calling",
-    "casa_wind_full",
-    "casa_nowcast_small",
-)
-PAPER_WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
 # Jobs whose sentences are tokenized to report tokens per job.
 TOKEN_SAMPLE = 2000
 
 
 def _write_result(document: dict) -> Path:
     """Write one result row as JSON and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     name = (
         f"context-{document['method']}-{document['workflow']}-{document['split']}-"
-        f"{document['template']}-seed{document['seed']}.json"
+        f"{document['template']}-seed{document['seed']}"
     )
-    document = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
-        f"{platform.python_version()}",
-        "command": " ".join(sys.argv),
-        **document,
-    }
-    path = RESULTS_DIR / name
-    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def _load(data_root: Path, workflow: str):
-    from flowad.data import load_jobs
-
-    return load_jobs(data_root / "flowbench" / f"{workflow}.zip")
-
-
-def _split(jobs, data_root: Path, workflow: str, split_name: str, seed: int):
-    from flowad.splits import make_split
-
-    return make_split(
-        jobs, split_name, seed=seed, paper_dir=data_root / "paper_splits" / workflow
-    )
-
-
-def _splits_for(workflow: str, split_names: list[str], seeds: list[int]):
-    """Yield (split name, seed) pairs; ``paper`` has one fixed split."""
-    for split_name in split_names:
-        if split_name == "paper":
-            if workflow in PAPER_WORKFLOWS:
-                yield split_name, 0
-        else:
-            for seed in seeds:
-                yield split_name, seed
+    return write_result(name, document, sort_keys=True)
 
 
 def _tokenizer():
@@ -140,7 +101,7 @@ def run_gbdt(args: argparse.Namespace) -> None:
     from flowad.templates import PUBLISHED_FIELDS
 
     for workflow in args.workflows:
-        jobs = _load(args.data_root, workflow)
+        jobs = load_workflow(args.data_root, workflow)
         published = jobs[list(PUBLISHED_FIELDS)].astype(float)
         started = time.perf_counter()
         context = context_features(jobs)
@@ -155,8 +116,11 @@ def run_gbdt(args: argparse.Namespace) -> None:
             "context": pd.concat([published, context], axis=1),
             "context_job": pd.concat([published, context[job_columns]], axis=1),
         }
-        for split_name, seed in _splits_for(workflow, args.splits, args.seeds):
-            split = _split(jobs, args.data_root, workflow, split_name, seed)
+        for split_name, seed in splits_for(workflow, args.splits, args.seeds):
+            # The features above already see whole runs.
+            _, split = split_workflow(
+                jobs, args.data_root, workflow, split_name, seed, attach=False
+            )
             labels = jobs["label"].to_numpy()
             for feature_set in args.feature_sets:
                 if args.skip_existing and _existing(
@@ -220,15 +184,17 @@ def run_sft(args: argparse.Namespace) -> None:
 
     tokenizer = _tokenizer()
     for workflow in args.workflows:
-        jobs = _load(args.data_root, workflow)
+        jobs = load_workflow(args.data_root, workflow)
         for template in args.templates:
             tokens = _tokens_per_job(jobs, template, tokenizer, 0)
-            for split_name, seed in _splits_for(workflow, args.splits, args.seeds):
+            for split_name, seed in splits_for(workflow, args.splits, args.seeds):
                 if args.skip_existing and _existing(
                     "sft", workflow, split_name, template, seed
                 ):
                     continue
-                split = _split(jobs, args.data_root, workflow, split_name, seed)
+                split_jobs, split = split_workflow(
+                    jobs, args.data_root, workflow, split_name, seed
+                )
                 config = FinetuneConfig(
                     template=template,
                     num_epochs=args.epochs,
@@ -239,9 +205,9 @@ def run_sft(args: argparse.Namespace) -> None:
                     show_progress_bar=False,
                 )
                 detector = TextClassifierDetector(config).fit(
-                    split.part(jobs, "train"), split.part(jobs, "validation")
+                    split.part(split_jobs, "train"), split.part(split_jobs, "validation")
                 )
-                test = split.part(jobs, "test")
+                test = split.part(split_jobs, "test")
                 started = time.perf_counter()
                 scores = detector.predict_proba(test)
                 infer_seconds = time.perf_counter() - started
@@ -278,16 +244,6 @@ def run_sft(args: argparse.Namespace) -> None:
                     metrics["roc_auc"],
                     path.name,
                 )
-
-
-def _mean_std(values: list[float]) -> str:
-    """Format ``mean ± std`` (sample standard deviation over seeds), three decimals."""
-    values = [value for value in values if value is not None]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def run_table(args: argparse.Namespace) -> None:
@@ -327,8 +283,8 @@ def run_table(args: argparse.Namespace) -> None:
             tokens_text = f"{tokens.mean():.0f}" if len(tokens) else "-"
             print(
                 f"| {workflow} | {method} | {template} | {len(group)} | "
-                f"{_mean_std(group['f1'].tolist())} | "
-                f"{_mean_std(group['roc_auc'].tolist())} | {tokens_text} | "
+                f"{mean_std(group['f1'].tolist())} | "
+                f"{mean_std(group['roc_auc'].tolist())} | {tokens_text} | "
                 f"{group['train_seconds'].mean():.0f} |"
             )
 

@@ -30,7 +30,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flowad.data import load_jobs
+from _common import load_workflow
+
 from flowad.experiments import EXPERIMENTS, run_experiment, subsample_runs
 from flowad.finetune import FinetuneConfig
 
@@ -44,10 +45,7 @@ DEFAULT_PAIRS = ("1000genome:montage", "montage:1000genome")
 
 def _load(data_root: Path, workflow: str, fraction: float, seed: int):
     """Load one workflow and keep a seeded fraction of its runs."""
-    path = data_root / "flowbench" / f"{workflow}.zip"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; check --data-root")
-    jobs = load_jobs(path)
+    jobs = load_workflow(data_root, workflow)
     if fraction < 1:
         jobs = subsample_runs(jobs, fraction, seed=seed).reset_index(drop=True)
     logger.info("%s: %d runs, %d jobs", workflow, jobs["run"].nunique(), len(jobs))

@@ -25,22 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import re
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    PAPER_WORKFLOWS,
+    RESULTS_DIR,
+    RESULTS_PAGE,
+    load_workflow,
+    split_workflow,
+    write_result,
+)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-RESULTS_PAGE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_START = "<!-- icl:start -->"
 SECTION_END = "<!-- icl:end -->"
 TARGET_F1 = 0.70
-WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
 # Configuration name -> FewShotDetector arguments. Order is priority order:
 # a time budget stops before the later ones.
 CONFIGS = {
@@ -71,34 +73,10 @@ CONFIGS = {
 logger = logging.getLogger("run_icl")
 
 
-def _machine() -> str:
-    import torch
-
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
-
-
-def _write_result(name: str, document: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    document = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "command": " ".join(sys.argv),
-        **document,
-    }
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
-
-
 def _load_workflow(data_root: Path, workflow: str, seed: int):
-    from flowad.data import load_jobs
-    from flowad.splits import make_split
-
-    jobs = load_jobs([data_root / "flowbench" / f"{workflow}.zip"])
-    split = make_split(jobs, "runs", seed=seed)
+    jobs, split = split_workflow(
+        load_workflow(data_root, workflow), data_root, workflow, "runs", seed
+    )
     return (
         split.part(jobs, "train"),
         split.part(jobs, "validation"),
@@ -159,7 +137,7 @@ def run_quality(args: argparse.Namespace) -> None:
             metrics["unmapped_replies"] = int((details["status"] == "unmapped").sum())
             metrics["skipped_jobs"] = int((~scored).sum())
             name = f"icl-{workflow}-runs-{args.template}-{config}-seed{args.seed}"
-            path = _write_result(
+            path = write_result(
                 name,
                 {
                     "workflow": workflow,
@@ -261,7 +239,7 @@ def run_speed(args: argparse.Namespace) -> None:
         ),
         "max_abs_score_difference": float(np.abs(scores[True] - scores[False]).max()),
     }
-    path = _write_result(
+    path = write_result(
         f"icl-speed-{workflow}-{args.template}-seed{args.seed}", document
     )
     logger.info("speed: %s -> %s", json.dumps(timings), path.name)
@@ -425,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("quality", "speed", "report"))
     parser.add_argument("--data-root", type=Path, help="Folder with flowbench/.")
-    parser.add_argument("--workflows", nargs="+", default=list(WORKFLOWS))
+    parser.add_argument("--workflows", nargs="+", default=list(PAPER_WORKFLOWS))
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
     parser.add_argument("--template", default="compact", help="Sentence template.")
     parser.add_argument(

@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 
 from flowad.context import (
+    ATTACHED_COLUMNS,
     CONTEXT_FEATURE_COLUMNS,
     LABEL_COLUMNS,
     _median_of_others,
+    attach_context,
     context_features,
+    drop_attached_context,
 )
 from flowad.data import load_jobs
 from flowad.templates import count_tokens, get_template
@@ -33,6 +36,12 @@ def calling_jobs(fixtures_dir) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def calling_features(calling_jobs) -> pd.DataFrame:
     return context_features(calling_jobs)
+
+
+@pytest.fixture(scope="module")
+def attached(calling_jobs) -> pd.DataFrame:
+    """The variant_calling runs with their context attached as columns."""
+    return attach_context(calling_jobs)
 
 
 def _auc(labels: pd.Series, scores: pd.Series) -> float:
@@ -175,6 +184,49 @@ class TestContextFeatures:
             ValueError, match=re.escape("known must have the same index as jobs")
         ):
             context_features(calling_jobs, known=known)
+
+
+class TestAttachContext:
+    def test_adds_feature_columns(self, calling_jobs, calling_features, attached):
+        assert list(attached.columns) == [*calling_jobs.columns, *ATTACHED_COLUMNS]
+        stored = attached[list(ATTACHED_COLUMNS)].set_axis(
+            list(CONTEXT_FEATURE_COLUMNS), axis=1
+        )
+        pd.testing.assert_frame_equal(stored, calling_features)
+
+    def test_part_keeps_whole_run_statistics(self, calling_jobs, calling_features, attached):
+        # Every second job, as a split by rows would leave in one part.
+        part = attached.iloc[::2]
+
+        pd.testing.assert_frame_equal(context_features(part), calling_features.iloc[::2])
+        alone = context_features(calling_jobs.iloc[::2])
+        assert not np.allclose(
+            alone["host_jobs"].to_numpy(), calling_features["host_jobs"].iloc[::2].to_numpy()
+        )
+
+    def test_templates_use_attached_features(self, calling_jobs, attached):
+        template = get_template("context")
+        whole = template(calling_jobs)
+
+        assert template(attached.iloc[::2]) == whole[::2]
+        assert template(calling_jobs.iloc[::2]) != whole[::2]
+
+    def test_known_mask_recomputes(self, calling_jobs, attached):
+        known = np.zeros(len(attached), dtype=bool)
+        known[: len(attached) // 2] = True
+
+        expected = context_features(calling_jobs, known=known)
+        pd.testing.assert_frame_equal(context_features(attached, known=known), expected)
+
+    def test_attach_twice_replaces(self, attached):
+        again = attach_context(attached)
+
+        assert list(again.columns) == list(attached.columns)
+        pd.testing.assert_frame_equal(again, attached)
+
+    def test_drop_restores_columns(self, calling_jobs, attached):
+        assert list(drop_attached_context(attached).columns) == list(calling_jobs.columns)
+        assert drop_attached_context(calling_jobs) is calling_jobs
 
 
 class TestContextTemplates:

@@ -164,6 +164,13 @@ class TestPartialJobs:
     def test_partial_jobs_final_stage_equals_input(self, run_slice):
         pd.testing.assert_frame_equal(partial_jobs(run_slice, FINAL_STAGE), run_slice)
 
+    def test_partial_jobs_drops_attached_context(self, run_slice):
+        from flowad.context import attach_context
+
+        partial = partial_jobs(attach_context(run_slice), "queued")
+
+        assert list(partial.columns) == list(run_slice.columns)
+
     def test_partial_jobs_compact_writes_none_for_unknown(self, run_slice):
         sentences = render_partial(run_slice.iloc[:1], "submitted", template="compact")
         sentence = sentences[0]

@@ -66,6 +66,12 @@ def _load_split(args: argparse.Namespace):
 
     jobs = _load(args)
     split = make_split(jobs, args.split, seed=args.seed, paper_dir=args.paper_splits)
+    if args.split != "runs":
+        # These splits share runs between parts: give each job the context of
+        # its whole run, not of the share of it that landed in its part.
+        from flowad.context import attach_context
+
+        jobs = attach_context(jobs)
     return jobs, split
 
 

@@ -54,6 +54,13 @@ Templates registered here, all with ``uses_run_context=True``:
     The job part of ``context`` without host evidence, for the ablation.
     37 to 41 word pieces per job on average.
 
+Splits that cut runs into parts (``rows``, ``paper``) leave each part with a
+share of every run, so features computed on one part see only that share.
+:func:`attach_context` computes the features once on the whole table and
+stores them as ``context:<name>`` columns; rows taken from that table carry
+them, and :func:`context_features` and the templates use them instead of
+recomputing. Online scoring drops these columns (they describe whole runs).
+
 Open tasks
 ----------
 - Templates use every row passed in, so they do not take ``known``. Online
@@ -146,6 +153,9 @@ def _feature_columns() -> list[str]:
 
 
 CONTEXT_FEATURE_COLUMNS = tuple(_feature_columns())
+# Prefix of the columns written by attach_context.
+ATTACHED_PREFIX = "context:"
+ATTACHED_COLUMNS = tuple(ATTACHED_PREFIX + name for name in CONTEXT_FEATURE_COLUMNS)
 
 
 def _measure_values(jobs: pd.DataFrame, measure: str) -> np.ndarray:
@@ -286,6 +296,10 @@ def context_features(
     ValueError
         If a required column is missing or ``known`` does not match ``jobs``.
     """
+    if known is None and all(column in jobs.columns for column in ATTACHED_COLUMNS):
+        attached = jobs[list(ATTACHED_COLUMNS)].astype(float)
+        attached.columns = list(CONTEXT_FEATURE_COLUMNS)
+        return attached
     _check_columns(jobs)
     mask = _check_known(jobs, known)
     hosts = jobs["host"].astype(str)
@@ -319,6 +333,37 @@ def context_features(
         columns.update(_host_features(frame, mask, measure, ratio))
     features = pd.DataFrame(columns, index=jobs.index)
     return features[list(CONTEXT_FEATURE_COLUMNS)].astype(float)
+
+
+def attach_context(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of ``jobs`` with its context features as extra columns.
+
+    The features are computed on every row passed in (pass whole runs) and
+    stored under ``context:<name>``. Parts of the returned table keep the
+    whole-run statistics when they are rendered or turned into features,
+    which matters for splits that put one run's jobs in several parts.
+
+    Parameters
+    ----------
+    jobs
+        Job table from :func:`flowad.data.load_jobs`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``jobs`` with the columns ``ATTACHED_COLUMNS`` added (replaced if
+        present).
+    """
+    plain = drop_attached_context(jobs)
+    features = context_features(plain)
+    features.columns = list(ATTACHED_COLUMNS)
+    return pd.concat([plain, features], axis=1)
+
+
+def drop_attached_context(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Return ``jobs`` without the columns written by :func:`attach_context`."""
+    attached = [column for column in jobs.columns if str(column).startswith(ATTACHED_PREFIX)]
+    return jobs.drop(columns=attached) if attached else jobs
 
 
 def _count_features(frame: pd.DataFrame, mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -201,10 +201,15 @@ def partial_jobs(jobs: pd.DataFrame, stage: str) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Same rows, index and columns; columns absent from ``jobs`` are skipped.
+        Same rows and index; columns absent from ``jobs`` are skipped, and
+        context columns attached by :func:`flowad.context.attach_context`
+        (whole-run statistics) are removed.
     """
     columns = [column for column in unknown_columns(stage) if column in jobs.columns]
-    partial = jobs.copy()
+    from flowad.context import drop_attached_context
+
+    # Context attached to the table describes whole runs, which are not known yet.
+    partial = drop_attached_context(jobs).copy()
     if columns:
         partial[columns] = np.nan
     return partial

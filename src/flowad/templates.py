@@ -14,6 +14,11 @@ sentences the model was trained on.
     digits (integer parts are kept whole). On the first three 1000genome runs
     a published sentence costs 92 MiniLM word pieces on average, because long
     numbers split into many pieces, and a compact one 45.
+``terse``
+    The nine fields as ``<word> <number>`` pairs without units or commas:
+    seconds for delays, runtime and CPU time, megabytes for the bytes staged
+    in (``read``) and out (``write``), ``-`` for a missing value. The fastest
+    to score: about 25 MiniLM word pieces per 1000genome job.
 
 Further templates are added with :func:`register_template`.
 """
@@ -53,6 +58,19 @@ COMPACT_NAMES = {
     "stage_out_bytes": ("out", "B"),
     "kickstart_executables_cpu_time": ("cpu", "s"),
 }
+# One-word names for the terse template, in published field order.
+TERSE_NAMES = {
+    "wms_delay": "wait",
+    "queue_delay": "queue",
+    "runtime": "run",
+    "post_script_delay": "post",
+    "stage_in_delay": "in",
+    "stage_out_delay": "out",
+    "stage_in_bytes": "read",
+    "stage_out_bytes": "write",
+    "kickstart_executables_cpu_time": "cpu",
+}
+_BYTE_FIELDS = ("stage_in_bytes", "stage_out_bytes")
 _BYTE_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
@@ -159,6 +177,22 @@ def render_compact(jobs: pd.DataFrame) -> list[str]:
     return sentences
 
 
+def render_terse(jobs: pd.DataFrame) -> list[str]:
+    """Render the nine published fields as unit-free ``<word> <number>`` pairs."""
+    columns = []
+    for field in PUBLISHED_FIELDS:
+        values = jobs[field].to_numpy(dtype=float)
+        columns.append(values / 1e6 if field in _BYTE_FIELDS else values)
+    names = [TERSE_NAMES[field] for field in PUBLISHED_FIELDS]
+    return [
+        " ".join(
+            f"{name} {'-' if math.isnan(value) else format_number(value)}"
+            for name, value in zip(names, values)
+        )
+        for values in zip(*columns)
+    ]
+
+
 _REGISTRY: dict[str, Template] = {}
 
 
@@ -212,3 +246,4 @@ def count_tokens(sentences: Sequence[str], tokenizer) -> np.ndarray:
 
 register_template(Template("published", PUBLISHED_FIELDS, render_published))
 register_template(Template("compact", PUBLISHED_FIELDS, render_compact))
+register_template(Template("terse", PUBLISHED_FIELDS, render_terse))
