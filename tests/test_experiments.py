@@ -84,6 +84,7 @@ class TestHelpers:
             "lora",
             "online",
             "transfer",
+            "transfer-matrix",
             "types",
         ]
         assert EXPERIMENTS["transfer"].needs_target

@@ -551,12 +551,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _add_experiment_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "experiment",
-        help="Run an analysis (online, types, imbalance, lora, transfer, forgetting) "
-        "and write tables and plots.",
+        help="Run an analysis (online, types, imbalance, lora, transfer, "
+        "transfer-matrix, forgetting) and write tables and plots.",
     )
     parser.add_argument(
         "name",
-        choices=("online", "types", "imbalance", "lora", "transfer", "forgetting"),
+        choices=(
+            "online",
+            "types",
+            "imbalance",
+            "lora",
+            "transfer",
+            "transfer-matrix",
+            "forgetting",
+        ),
         help="Experiment to run.",
     )
     _add_data_arguments(parser)
@@ -579,6 +587,19 @@ def _add_experiment_parser(subparsers) -> None:
         nargs="+",
         default=[0.01, 0.05, 0.2, 1.0],
         help="transfer: fractions of B's training runs (default: 0.01 0.05 0.2 1).",
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="A:B",
+        help="transfer-matrix: fine-tune only these source:target workflow pairs "
+        "(default: every ordered pair).",
+    )
+    parser.add_argument(
+        "--max-test-jobs",
+        type=int,
+        help="transfer-matrix: score at most this many jobs of each workflow's "
+        "validation and test parts, label-stratified (default: all).",
     )
     parser.add_argument(
         "--freeze-layers",
@@ -635,6 +656,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         "rank": args.rank,
         "lora_learning_rate": args.lora_learning_rate,
         "isolate": not args.no_isolate,
+        "pairs": args.pairs,
+        "max_test_jobs": args.max_test_jobs,
     }
     meta = {"data": [str(path) for path in args.data]}
     if args.target_data:

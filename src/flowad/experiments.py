@@ -32,6 +32,10 @@ Experiments (see :data:`EXPERIMENTS`):
 ``transfer``
     Train on workflow A, test on B; fine-tune on B from A or from the
     pretrained model with 1 %, 5 %, 20 % and 100 % of B's training runs.
+``transfer-matrix``
+    One model per workflow of a multi-workflow job table, scored on every
+    workflow (zero-shot, at the source's and at the target's validation
+    threshold), then fine-tuned on every other workflow.
 ``forgetting``
     Fine-tune on A, then on B; F1 on A before and after, with freezing and
     replay of A's jobs as mitigations.
@@ -56,7 +60,7 @@ import pandas as pd
 
 from flowad.evaluate import compute_metrics
 from flowad.finetune import FinetuneConfig, TextClassifierDetector
-from flowad.splits import Split, make_split
+from flowad.splits import PART_NAMES, Split, make_split
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,16 @@ TABLE_CSV = "table.csv"
 TABLE_MARKDOWN = "table.md"
 RESULT_JSON = "result.json"
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.2, 1.0)
+# Settings of the transfer-matrix table and the file names of their matrices.
+ZERO_SHOT_SOURCE = "zero-shot source threshold"
+ZERO_SHOT_TARGET = "zero-shot target threshold"
+FINE_TUNED = "fine-tuned"
+TRANSFER_SETTINGS = (ZERO_SHOT_SOURCE, ZERO_SHOT_TARGET, FINE_TUNED)
+MATRIX_NAMES = {
+    ZERO_SHOT_SOURCE: "zero_shot_source_threshold",
+    ZERO_SHOT_TARGET: "zero_shot_target_threshold",
+    FINE_TUNED: "fine_tuned",
+}
 # Table columns copied into a JSON row's "metrics"; the rest are extras.
 METRIC_COLUMNS = (
     "f1",
@@ -191,11 +205,11 @@ def _binary_metrics(
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
-    """Write a table in GitHub Markdown; floats get four decimals."""
+    """Write a table in GitHub Markdown; floats get four decimals, NaN is "-"."""
 
     def cell(value) -> str:
         if isinstance(value, (float, np.floating)):
-            return "" if np.isnan(value) else f"{value:.4f}"
+            return "-" if np.isnan(value) else f"{value:.4f}"
         return str(value)
 
     header = "| " + " | ".join(str(column) for column in table.columns) + " |"
@@ -807,6 +821,293 @@ def _experiment_transfer(settings: ExperimentSettings) -> tuple:
     return table, {}, [path]
 
 
+# ---------------------------------------------------------------- transfer matrix
+
+
+def _parse_pairs(pairs, workflows: Sequence[str]) -> list[tuple[str, str]]:
+    """Turn ``"A:B"`` strings (or 2-tuples) into checked (source, target) pairs."""
+    parsed = []
+    for pair in pairs:
+        if not isinstance(pair, str):
+            pair = ":".join(pair)
+        source, separator, target = pair.partition(":")
+        if not separator or not source or not target:
+            raise ValueError(
+                f"a pair must read 'SOURCE:TARGET', got {pair!r}; for example "
+                f"'{workflows[0]}:{workflows[1]}'"
+            )
+        unknown = sorted({source, target} - set(workflows))
+        if unknown:
+            raise ValueError(
+                f"pair {pair!r} names workflow(s) {unknown} that are not in the "
+                f"jobs; choose among {list(workflows)}"
+            )
+        if source == target:
+            raise ValueError(
+                f"pair {pair!r} fine-tunes a workflow on itself; the diagonal is "
+                "always the workflow's own model, so list only pairs of two "
+                "different workflows"
+            )
+        parsed.append((source, target))
+    return list(dict.fromkeys(parsed))
+
+
+def _workflow_parts(
+    jobs: pd.DataFrame,
+    *,
+    split: Split,
+    max_test_jobs: int | None,
+) -> dict[str, pd.DataFrame]:
+    """Split one workflow's jobs on their own; subsample validation and test.
+
+    The subsample is label-stratified and seeded with the split's seed, so a
+    small ``max_test_jobs`` still keeps anomalous jobs in both parts.
+    """
+    from flowad.icl import stratified_sample
+
+    workflow = _workflow_name(jobs)
+    own_split = make_split(jobs, split.name, seed=split.seed)
+    parts = {part: own_split.part(jobs, part) for part in PART_NAMES}
+    for part, rows in parts.items():
+        if len(rows) == 0:
+            raise ValueError(
+                f"workflow {workflow!r} has no {part} jobs under the {split.name!r} "
+                f"split ({jobs['run'].nunique()} runs); give it more runs or use "
+                "split='rows'"
+            )
+    if max_test_jobs is not None:
+        for part in ("validation", "test"):
+            rows = parts[part]
+            keep = stratified_sample(
+                rows["label"].to_numpy(), max_test_jobs, seed=split.seed
+            )
+            parts[part] = rows.iloc[keep]
+    return parts
+
+
+def _cell(
+    source: str,
+    target: str,
+    setting: str,
+    *,
+    test: pd.DataFrame,
+    test_scores: np.ndarray,
+    validation: pd.DataFrame,
+    validation_scores: np.ndarray,
+    threshold: float,
+) -> dict:
+    """Return one row of the long table: test and validation metrics at ``threshold``."""
+    test_metrics = compute_metrics(
+        test["label"].to_numpy(), test_scores, threshold=threshold
+    )
+    validation_metrics = compute_metrics(
+        validation["label"].to_numpy(), validation_scores, threshold=threshold
+    )
+    return {
+        "source": source,
+        "target": target,
+        "setting": setting,
+        **{
+            key: np.nan if test_metrics[key] is None else test_metrics[key]
+            for key in ("f1", "roc_auc", "pr_auc")
+        },
+        "threshold": threshold,
+        "validation_f1": validation_metrics["f1"],
+        "test_jobs": len(test),
+        "validation_jobs": len(validation),
+    }
+
+
+def _zero_shot_rows(
+    source: str,
+    model: TextClassifierDetector,
+    parts: dict[str, dict[str, pd.DataFrame]],
+) -> list[dict]:
+    """Score one workflow's model on every workflow, at both thresholds.
+
+    The row of its own workflow is also the diagonal of the fine-tuned matrix.
+    """
+    from flowad.evaluate import choose_threshold
+
+    rows = []
+    for target, target_parts in parts.items():
+        validation, test = target_parts["validation"], target_parts["test"]
+        scores = {
+            "test_scores": model.predict_proba(test),
+            "validation_scores": model.predict_proba(validation),
+            "test": test,
+            "validation": validation,
+        }
+        # Re-choosing the threshold changes no weight: an operator can do it
+        # with a few labelled runs of the target workflow.
+        target_threshold = choose_threshold(
+            validation["label"].to_numpy(), scores["validation_scores"]
+        )
+        rows.append(
+            _cell(source, target, ZERO_SHOT_SOURCE, threshold=model.threshold_, **scores)
+        )
+        rows.append(
+            _cell(source, target, ZERO_SHOT_TARGET, threshold=target_threshold, **scores)
+        )
+        if target == source:
+            # The diagonal of the fine-tuned matrix is the workflow's own model.
+            rows.append(
+                _cell(source, target, FINE_TUNED, threshold=model.threshold_, **scores)
+            )
+    return rows
+
+
+def _fine_tuned_row(
+    source: str,
+    target: str,
+    model: TextClassifierDetector,
+    target_parts: dict[str, pd.DataFrame],
+) -> dict:
+    """Score a model fitted on ``target`` on its test part, at its own threshold."""
+    validation, test = target_parts["validation"], target_parts["test"]
+    return _cell(
+        source,
+        target,
+        FINE_TUNED,
+        test=test,
+        test_scores=model.predict_proba(test),
+        validation=validation,
+        validation_scores=model.predict_proba(validation),
+        threshold=model.threshold_,
+    )
+
+
+def transfer_matrices(
+    table: pd.DataFrame, workflows: Sequence[str], *, metric: str = "f1"
+) -> dict[str, pd.DataFrame]:
+    """Pivot the long transfer-matrix table into one wide matrix per setting.
+
+    Rows are source workflows (trained on), columns target workflows (tested
+    on). A cell absent from ``table`` is NaN.
+    """
+    matrices = {}
+    for setting in TRANSFER_SETTINGS:
+        rows = table[table["setting"] == setting]
+        wide = (
+            rows.pivot(index="source", columns="target", values=metric)
+            .reindex(index=list(workflows), columns=list(workflows))
+            .astype(float)
+        )
+        wide.columns.name = None
+        matrices[setting] = wide.rename_axis("source").reset_index()
+    return matrices
+
+
+def _plot_matrix(matrix: pd.DataFrame, path: Path, *, title: str) -> Path:
+    """Draw a heatmap with the value in each cell ("-" for a cell not run)."""
+    workflows = list(matrix["source"])
+    values = matrix.drop(columns="source").to_numpy(dtype=float)
+    size = 1.2 + 0.9 * len(workflows)
+    figure, axes = _new_figure(size + 1.5, size)
+    from matplotlib import colormaps
+
+    colormap = colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = axes.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap=colormap)
+    for row, column in np.ndindex(values.shape):
+        value = values[row, column]
+        axes.text(
+            column,
+            row,
+            "-" if np.isnan(value) else f"{value:.2f}",
+            ha="center",
+            va="center",
+            color="black" if np.isnan(value) or value > 0.6 else "white",
+        )
+    axes.set_xticks(np.arange(len(workflows)), workflows, rotation=30, ha="right")
+    axes.set_yticks(np.arange(len(workflows)), workflows)
+    axes.set_xlabel("target workflow (tested on)")
+    axes.set_ylabel("source workflow (trained on)")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="F1 on target test jobs")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _experiment_transfer_matrix(settings: ExperimentSettings) -> tuple:
+    """Zero-shot and fine-tuned F1 for every ordered pair of workflows.
+
+    Each workflow is split on its own with the experiment's split and seed,
+    and one model per workflow is trained and saved under
+    ``models/<workflow>/``. Every model is scored on every workflow's test
+    part at its own threshold and at a threshold re-chosen on the target's
+    validation part. For each pair A != B, A's model is then fine-tuned on
+    B's training part; the diagonal is B's own model.
+
+    Options: ``pairs`` (``"A:B"`` strings restricting the fine-tunes; default
+    every ordered pair), ``max_test_jobs`` (label-stratified subsample of each
+    workflow's validation and test parts; default ``None``, all jobs).
+    """
+    jobs, config = settings.jobs, settings.config
+    workflows = sorted(jobs["workflow"].astype(str).unique())
+    if len(workflows) < 2:
+        raise ValueError(
+            f"transfer-matrix needs jobs of at least two workflows, found "
+            f"{workflows}; pass the runs of several workflows (--data a.zip b.zip)"
+        )
+    if settings.split.name == "paper":
+        raise ValueError(
+            "transfer-matrix splits each workflow on its own, which the published "
+            "'paper' split cannot do; use split 'runs' or 'rows'"
+        )
+    max_test_jobs = settings.options.get("max_test_jobs")
+    if max_test_jobs is not None and int(max_test_jobs) < 1:
+        raise ValueError(f"max_test_jobs must be None or at least 1, got {max_test_jobs}")
+    pairs = settings.options.get("pairs")
+    pairs = (
+        [(a, b) for a in workflows for b in workflows if a != b]
+        if pairs is None
+        else _parse_pairs(pairs, workflows)
+    )
+
+    parts = {
+        workflow: _workflow_parts(
+            jobs[jobs["workflow"].astype(str) == workflow],
+            split=settings.split,
+            max_test_jobs=None if max_test_jobs is None else int(max_test_jobs),
+        )
+        for workflow in workflows
+    }
+    rows = []
+    for source in workflows:
+        logger.info("Training the %s model", source)
+        model = _fit(config, parts[source]["train"], parts[source]["validation"])
+        model.save(settings.out / "models" / source)
+        rows += _zero_shot_rows(source, model, parts)
+    for number, (source, target) in enumerate(pairs, start=1):
+        logger.info(
+            "Fine-tuning the %s model on %s (%d of %d)", source, target, number, len(pairs)
+        )
+        start = dataclasses.replace(config, model=str(settings.out / "models" / source))
+        model = _fit(start, parts[target]["train"], parts[target]["validation"])
+        rows.append(_fine_tuned_row(source, target, model, parts[target]))
+
+    table = pd.DataFrame(rows).sort_values(["source", "target"], kind="stable")
+    table = table.reset_index(drop=True)
+    settings.meta["workflows"] = workflows
+    settings.meta["fine_tuned_pairs"] = len(pairs)
+    settings.meta["max_test_jobs"] = max_test_jobs
+    for part in ("validation", "test"):
+        settings.meta[f"{part}_jobs"] = {
+            workflow: len(parts[workflow][part]) for workflow in workflows
+        }
+    matrices = transfer_matrices(table, workflows)
+    plots = [
+        _plot_matrix(
+            matrix,
+            settings.out / f"transfer_{MATRIX_NAMES[setting]}.png",
+            title=f"F1, {setting}",
+        )
+        for setting, matrix in matrices.items()
+    ]
+    extra = {MATRIX_NAMES[setting]: matrix for setting, matrix in matrices.items()}
+    return table, extra, plots
+
+
 # ---------------------------------------------------------------- forgetting
 
 
@@ -926,6 +1227,11 @@ EXPERIMENTS = {
             needs_target=True,
         ),
         Experiment(
+            "transfer-matrix",
+            "Zero-shot and fine-tuned F1 for every pair of workflows.",
+            _experiment_transfer_matrix,
+        ),
+        Experiment(
             "forgetting",
             "F1 on A after fine-tuning on B.",
             _experiment_forgetting,
@@ -953,15 +1259,19 @@ def run_experiment(
     Parameters
     ----------
     name
-        Experiment name: {online, types, imbalance, lora, transfer, forgetting}.
+        Experiment name: {online, types, imbalance, lora, transfer,
+        transfer-matrix, forgetting}.
     jobs
-        Job table (workflow A for ``transfer`` and ``forgetting``).
+        Job table (workflow A for ``transfer`` and ``forgetting``; several
+        workflows for ``transfer-matrix``).
     out
         Output folder, created if needed.
     config
         Base fine-tuning configuration (default :class:`FinetuneConfig`).
     split
         Split of ``jobs`` (and of ``target_jobs``): {runs, rows, paper}.
+        ``transfer-matrix`` applies it to each workflow on its own and
+        rejects ``paper``.
     seed
         Seed of the split.
     paper_dir
