@@ -14,6 +14,7 @@ from flowad.finetune import (
     check_safe_model_folder,
 )
 from flowad.splits import make_split
+from flowad.templates import get_template
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,22 @@ class TestTextClassifierDetector:
         )
         assert loaded.threshold_ == detector.threshold_
 
+    def test_load_restores_fitted_attributes(self, fitted):
+        detector, folder = fitted
+        loaded = TextClassifierDetector.load(folder)
+        assert loaded.template_ == detector.template_
+        assert loaded.label_names_ == detector.label_names_
+        assert loaded.history_ == detector.history_
+        assert loaded.metadata_["train_jobs"] == 600
+        assert loaded.metadata_["split"] == "runs"
+        assert "threshold" not in loaded.metadata_
+
+    def test_save_of_loaded_detector_keeps_document(self, fitted, tmp_path):
+        _, folder = fitted
+        saved_again = TextClassifierDetector.load(folder).save(tmp_path / "again")
+        original = json.loads((folder / "flowad.json").read_text())
+        assert json.loads((saved_again / "flowad.json").read_text()) == original
+
     def test_load_rejects_pickled_weights(self, fitted, tmp_path):
         _, folder = fitted
         copy = tmp_path / "copy"
@@ -139,6 +156,33 @@ class TestTextClassifierDetector:
     def test_load_without_metadata_raises(self, tmp_path):
         with pytest.raises(ModelFormatError, match=re.escape("flowad.json is missing")):
             TextClassifierDetector.load(tmp_path)
+
+
+class TestScoreSentences:
+    def test_score_sentences_unfitted_raises(self):
+        with pytest.raises(NotFittedError, match=re.escape("not fitted yet")):
+            TextClassifierDetector().score_sentences(["wms_delay 1.0"])
+
+    def test_score_sentences_empty_returns_empty(self, fitted):
+        detector, _ = fitted
+        scores = detector.score_sentences([])
+        assert scores.shape == (0,)
+
+    def test_score_sentences_equal_predict_proba(self, fitted, held_out):
+        detector, _ = fitted
+        jobs = held_out.iloc[:200]
+        sentences = get_template(detector.template_)(jobs)
+        scores = detector.score_sentences(sentences)
+        assert scores.shape == (len(jobs),)
+        assert np.all((scores >= 0) & (scores <= 1))
+        np.testing.assert_allclose(scores, detector.predict_proba(jobs), atol=1e-6)
+
+    def test_score_sentences_one_matches_batch(self, fitted, held_out):
+        detector, _ = fitted
+        sentences = get_template(detector.template_)(held_out.iloc[:5])
+        batch = detector.score_sentences(sentences)
+        single = [detector.score_sentences([sentence])[0] for sentence in sentences]
+        np.testing.assert_allclose(single, batch, atol=1e-5)
 
 
 class TestCheckSafeModelFolder:

@@ -97,6 +97,30 @@ class TestLoraDetector:
         assert reloaded.threshold_ == detector.threshold_
         assert reloaded.rank == 4
 
+    def test_load_restores_parameter_counts(self, encoder_lora):
+        detector, folder = encoder_lora
+        reloaded = LoraDetector.load(folder)
+        assert reloaded.trainable_parameters_ == detector.trainable_parameters_
+        assert reloaded.total_parameters_ == detector.total_parameters_
+        assert reloaded.label_names_ == detector.label_names_
+        assert reloaded.metadata_["kind"] == "lora"
+
+    def test_save_writes_lora_keys(self, encoder_lora):
+        detector, folder = encoder_lora
+        document = json.loads((folder / "flowad.json").read_text())
+        assert document["kind"] == "lora"
+        assert document["lora"]["rank"] == 4
+        assert sorted(document["lora"]["target_modules"]) == ["query", "value"]
+        assert document["trainable_parameters"] == detector.trainable_parameters_
+        assert document["label_map"] == {"0": "0", "1": "1"}
+        assert document["template"] == "compact"
+
+    def test_save_of_loaded_detector_keeps_document(self, encoder_lora, tmp_path):
+        _, folder = encoder_lora
+        saved_again = LoraDetector.load(folder).save(tmp_path / "again")
+        original = json.loads((folder / "flowad.json").read_text())
+        assert json.loads((saved_again / "flowad.json").read_text()) == original
+
     def test_load_detector_picks_lora_class(self, encoder_lora):
         _, folder = encoder_lora
         assert isinstance(load_detector(folder), LoraDetector)

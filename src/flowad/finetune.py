@@ -624,11 +624,39 @@ class TextClassifierDetector:
         """Return one minus the probability of the normal class."""
         return 1.0 - probabilities[:, 0]
 
+    def score_sentences(self, sentences: list[str]) -> np.ndarray:
+        """Return the anomaly score of each rendered sentence, in [0, 1].
+
+        The template is not applied here, so pass sentences rendered by the
+        template ``template_`` names (for example partial records rendered by
+        :func:`flowad.online.render_partial`). The score is one minus the
+        probability of the normal class.
+
+        Parameters
+        ----------
+        sentences
+            Rendered job sentences; an empty list gives an empty array.
+
+        Returns
+        -------
+        numpy.ndarray
+            Anomaly score per sentence, in input order.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector was neither fitted nor loaded.
+        """
+        self._check_fitted()
+        if len(sentences) == 0:
+            return np.zeros(0, dtype=np.float32)
+        encoded = self._encode(list(sentences))
+        return self._anomaly_scores(self._scores(encoded, desc="scoring"))
+
     def predict_proba(self, jobs: pd.DataFrame) -> np.ndarray:
         """Return the probability that each job is anomalous, in [0, 1]."""
         self._check_fitted()
-        encoded = self._encode(self._render(jobs))
-        return self._anomaly_scores(self._scores(encoded, desc="scoring"))
+        return self.score_sentences(self._render(jobs))
 
     def predict_classes(self, jobs: pd.DataFrame) -> np.ndarray:
         """Return the probability of every class (columns: ``label_names_``)."""
@@ -638,6 +666,42 @@ class TextClassifierDetector:
     def predict(self, jobs: pd.DataFrame) -> np.ndarray:
         """Return 1 for jobs whose score reaches ``threshold_``, else 0."""
         return (self.predict_proba(jobs) >= self.threshold_).astype(int)
+
+    def _document(self, extra: dict | None = None) -> dict:
+        """Build the ``flowad.json`` document of a fitted detector.
+
+        ``extra`` contains a subclass's own keys. ``metadata_`` is merged after
+        them, so a detector that was loaded and is saved again keeps the
+        recorded values.
+        """
+        from flowad import __version__
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "flowad_version": __version__,
+            "template": self.template_,
+            "fields": list(get_template(self.template_).fields),
+            "label_column": self._config.label_column,
+            "label_map": {str(i): name for i, name in enumerate(self.label_names_)},
+            "threshold": self.threshold_,
+            "config": self._config.to_dict(),
+            **(extra or {}),
+            "history": self.history_,
+            **self.metadata_,
+        }
+
+    def _restore(self, document: dict) -> None:
+        """Set the fitted attributes other than model and tokenizer from a document."""
+        label_map = document["label_map"]
+        self.template_ = document["template"]
+        self.label_names_ = [label_map[str(i)] for i in range(len(label_map))]
+        self.threshold_ = float(document["threshold"])
+        self.history_ = document.get("history", [])
+        self.metadata_ = {
+            key: value
+            for key, value in document.items()
+            if key not in {"config", "history", "label_map", "template", "threshold"}
+        }
 
     def save(self, path: str | Path, *, extra: dict | None = None) -> Path:
         """Save weights (safetensors), tokenizer and ``flowad.json`` to a folder.
@@ -649,27 +713,12 @@ class TextClassifierDetector:
         extra
             More provenance (split, seed, data) stored in ``flowad.json``.
         """
-        from flowad import __version__
-        from flowad.templates import get_template as lookup
-
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model_.save_pretrained(path, safe_serialization=True)
         self.tokenizer_.save_pretrained(path)
-        document = {
-            "format_version": FORMAT_VERSION,
-            "flowad_version": __version__,
-            "template": self.template_,
-            "fields": list(lookup(self.template_).fields),
-            "label_column": self._config.label_column,
-            "label_map": {str(i): name for i, name in enumerate(self.label_names_)},
-            "threshold": self.threshold_,
-            "config": self._config.to_dict(),
-            "history": self.history_,
-            **self.metadata_,
-            **(extra or {}),
-        }
+        document = {**self._document(), **(extra or {})}
         (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
         return path
 
@@ -695,17 +744,7 @@ class TextClassifierDetector:
         document = json.loads(document_path.read_text())
         config = FinetuneConfig.from_dict(document.get("config", {}))
         detector = cls(config)
-        detector.template_ = document["template"]
-        detector.label_names_ = [
-            document["label_map"][str(i)] for i in range(len(document["label_map"]))
-        ]
-        detector.threshold_ = float(document["threshold"])
-        detector.history_ = document.get("history", [])
-        detector.metadata_ = {
-            key: value
-            for key, value in document.items()
-            if key not in {"config", "history", "label_map", "template", "threshold"}
-        }
+        detector._restore(document)
         detector.tokenizer_ = AutoTokenizer.from_pretrained(path)
         detector.model_ = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True

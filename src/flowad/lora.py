@@ -191,29 +191,14 @@ class LoraDetector(TextClassifierDetector):
             100 * self.trainable_parameters_ / self.total_parameters_,
         )
 
-    def save(self, path: str | Path, *, extra: dict | None = None) -> Path:
-        """Save the adapters and head (safetensors), tokenizer and ``flowad.json``.
+    def _document(self, extra: dict | None = None) -> dict:
+        """Build ``flowad.json`` with the LoRA settings and parameter counts.
 
-        The pretrained weights are not saved; see the module docstring.
+        The inherited :meth:`save` writes only the adapters and the head,
+        because ``save_pretrained`` of a peft model skips the frozen weights.
         """
-        from flowad import __version__
-        from flowad.templates import get_template
-
-        self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model_.save_pretrained(path, safe_serialization=True)
-        self.tokenizer_.save_pretrained(path)
-        document = {
-            "format_version": 1,
-            "flowad_version": __version__,
+        lora_keys = {
             "kind": "lora",
-            "template": self.template_,
-            "fields": list(get_template(self.template_).fields),
-            "label_column": self._config.label_column,
-            "label_map": {str(i): name for i, name in enumerate(self.label_names_)},
-            "threshold": self.threshold_,
-            "config": self._config.to_dict(),
             "lora": {
                 "rank": self.rank,
                 "alpha": self.alpha,
@@ -224,12 +209,14 @@ class LoraDetector(TextClassifierDetector):
             },
             "trainable_parameters": self.trainable_parameters_,
             "total_parameters": self.total_parameters_,
-            "history": self.history_,
-            **self.metadata_,
-            **(extra or {}),
         }
-        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        return path
+        return super()._document({**lora_keys, **(extra or {})})
+
+    def _restore(self, document: dict) -> None:
+        """Set the fitted attributes and parameter counts from a document."""
+        super()._restore(document)
+        self.trainable_parameters_ = document.get("trainable_parameters")
+        self.total_parameters_ = document.get("total_parameters")
 
     @classmethod
     def load(cls, path: str | Path) -> "LoraDetector":
@@ -268,19 +255,7 @@ class LoraDetector(TextClassifierDetector):
             dropout=lora["dropout"],
             target_modules=tuple(lora["target_modules"]),
         )
-        detector.template_ = document["template"]
-        detector.label_names_ = [
-            document["label_map"][str(i)] for i in range(len(document["label_map"]))
-        ]
-        detector.threshold_ = float(document["threshold"])
-        detector.history_ = document.get("history", [])
-        detector.trainable_parameters_ = document.get("trainable_parameters")
-        detector.total_parameters_ = document.get("total_parameters")
-        detector.metadata_ = {
-            key: value
-            for key, value in document.items()
-            if key not in {"config", "history", "label_map", "template", "threshold"}
-        }
+        detector._restore(document)
         base_path = config.model or default_model_path()
         check_safe_model_folder(base_path)
         detector.tokenizer_ = AutoTokenizer.from_pretrained(path)

@@ -318,23 +318,6 @@ def augment_partial(
     return pd.concat(parts).sort_index()
 
 
-def score_sentences(detector, sentences: list[str]) -> np.ndarray:
-    """Return the anomaly score of each sentence with a fitted text detector.
-
-    ``detector`` is a :class:`flowad.finetune.TextClassifierDetector` (or a
-    subclass); its template is not applied here.
-    """
-    if not hasattr(detector, "model_"):
-        raise NotFittedError(
-            "the detector is not fitted yet; call fit(...) or load(...) first"
-        )
-    if not sentences:
-        return np.zeros(0)
-    # TODO: call a public sentence-scoring method once finetune.py offers one.
-    encoded = detector._encode(list(sentences))
-    return detector._anomaly_scores(detector._scores(encoded, desc="scoring"))
-
-
 def _context_order(jobs: pd.DataFrame, stage: str) -> tuple[np.ndarray, np.ndarray]:
     """Return each job's event rank at ``stage`` and the rank of its last event."""
     events = iter_events(jobs)
@@ -380,7 +363,7 @@ def score_partial(detector, jobs: pd.DataFrame, stage: str) -> np.ndarray:
     run's events one at a time gives the same scores.
     """
     sentences = render_partial(jobs, stage, template=detector.template_)
-    return score_sentences(detector, sentences)
+    return detector.score_sentences(sentences)
 
 
 class StreamingDetector:
@@ -478,7 +461,7 @@ class StreamingDetector:
         if sentence in self._cache:
             self._cache.move_to_end(sentence)
             return self._cache[sentence]
-        score = float(score_sentences(self.detector, [sentence])[0])
+        score = float(self.detector.score_sentences([sentence])[0])
         if self.cache_size:
             self._cache[sentence] = score
             if len(self._cache) > self.cache_size:
