@@ -23,6 +23,31 @@ logger = logging.getLogger("flowad")
 DEMO_TEMPLATE = "context"
 
 
+def _add_skip_bad_runs_argument(parser: argparse.ArgumentParser) -> None:
+    """Add --skip-bad-runs, the policy for invalid run files."""
+    parser.add_argument(
+        "--skip-bad-runs",
+        action="store_true",
+        help="Skip invalid run files with a warning instead of stopping.",
+    )
+
+
+def _add_template_argument(parser: argparse.ArgumentParser) -> None:
+    """Add --template, the name of the template that renders jobs as sentences."""
+    parser.add_argument(
+        "--template",
+        default="compact",
+        help="Sentence template name (default: %(default)s).",
+    )
+
+
+def _add_evaluation_out_argument(parser: argparse.ArgumentParser) -> None:
+    """Add --out, the evaluation folder that write_evaluation fills."""
+    parser.add_argument(
+        "--out", required=True, help="Folder for metrics.json and predictions.csv."
+    )
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
     """Add --data, --skip-bad-runs and, optionally, the split options."""
     parser.add_argument(
@@ -31,11 +56,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, split: bool = True) 
         required=True,
         help="Flow-Bench runs: zip archives, folders or run CSV files.",
     )
-    parser.add_argument(
-        "--skip-bad-runs",
-        action="store_true",
-        help="Skip invalid run files with a warning instead of stopping.",
-    )
+    _add_skip_bad_runs_argument(parser)
     if split:
         parser.add_argument(
             "--split",
@@ -146,7 +167,7 @@ def _add_baseline_parser(subparsers) -> None:
         default=1,
         help="Workers for rf and iforest, threads for gbdt (default: 1).",
     )
-    parser.add_argument("--out", required=True, help="Evaluation folder to write.")
+    _add_evaluation_out_argument(parser)
     parser.set_defaults(handler=_cmd_baseline)
 
 
@@ -224,9 +245,7 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         help="Pretrained model folder or hub id (default: packaged all-MiniLM-L6-v2).",
     )
-    parser.add_argument(
-        "--template", default="compact", help="Sentence template name (default: compact)."
-    )
+    _add_template_argument(parser)
     parser.add_argument(
         "--epochs", type=int, default=3, help="Training epochs (default: 3)."
     )
@@ -341,9 +360,7 @@ def _add_evaluate_parser(subparsers) -> None:
         default="test",
         help="Part of the split to evaluate (default: test).",
     )
-    parser.add_argument(
-        "--out", required=True, help="Folder for metrics.json and predictions.csv."
-    )
+    _add_evaluation_out_argument(parser)
     parser.set_defaults(handler=_cmd_evaluate)
 
 
@@ -512,11 +529,7 @@ def _add_replay_parser(subparsers) -> None:
         help="Print an alert at every stage whose score reaches the threshold, "
         "not only the first per job.",
     )
-    parser.add_argument(
-        "--skip-bad-runs",
-        action="store_true",
-        help="Skip invalid run files with a warning instead of stopping.",
-    )
+    _add_skip_bad_runs_argument(parser)
     parser.set_defaults(handler=_cmd_replay)
 
 
@@ -719,9 +732,7 @@ def _add_icl_parser(subparsers) -> None:
     parser.add_argument(
         "--max-retries", type=int, default=3, help="Retries per request (default: 3)."
     )
-    parser.add_argument(
-        "--template", default="compact", help="Sentence template (default: compact)."
-    )
+    _add_template_argument(parser)
     parser.add_argument(
         "--text-fields",
         nargs="*",
@@ -798,9 +809,7 @@ def _add_icl_parser(subparsers) -> None:
         type=int,
         help="Generated tokens per reply (default: 8, or 256 with --cot).",
     )
-    parser.add_argument(
-        "--out", required=True, help="Folder for metrics.json and predictions.csv."
-    )
+    _add_evaluation_out_argument(parser)
     parser.set_defaults(handler=_cmd_icl)
 
 
