@@ -1,7 +1,8 @@
 """Run the analyses of :mod:`flowad.experiments` on the Flow-Bench workflows.
 
 For each requested experiment and workflow (or workflow pair for
-``transfer`` and ``forgetting``) this loads ``<data-root>/flowbench/<name>.zip``,
+``transfer`` and ``forgetting``, or all ``--workflows`` together for
+``transfer-matrix``) this loads ``<data-root>/flowbench/<name>.zip``,
 optionally keeps a seeded, label-stratified fraction of its runs, runs the
 experiment into ``--out-root/<experiment>-<workflow>/`` (tables and plots) and
 writes its rows to
@@ -16,6 +17,14 @@ Example (small configuration, two shared CPU cores)::
     nice -n 10 python benchmarks/run_experiments.py --data-root /path/to/data \\
         --experiments online imbalance --workflows 1000genome \\
         --run-fraction 0.1 --max-train-jobs 2000 --epochs 1
+
+``transfer-matrix`` concatenates the ``--workflows`` into one job table and
+writes ``transfer-matrix-<n>workflows``; ``--pairs`` then restricts its
+fine-tunes (default: every ordered pair)::
+
+    nice -n 10 python benchmarks/run_experiments.py --data-root /path/to/data \\
+        --experiments transfer-matrix --workflows montage predict_future_sales \\
+        --max-test-jobs 2000 --pairs montage:predict_future_sales
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 from _common import load_workflow
 
 from flowad.experiments import EXPERIMENTS, run_experiment, subsample_runs
@@ -50,6 +60,19 @@ def _load(data_root: Path, workflow: str, fraction: float, seed: int):
         jobs = subsample_runs(jobs, fraction, seed=seed).reset_index(drop=True)
     logger.info("%s: %d runs, %d jobs", workflow, jobs["run"].nunique(), len(jobs))
     return jobs
+
+
+def _settings(name: str, args: argparse.Namespace) -> list[tuple]:
+    """Return the (source, target) runs of one experiment.
+
+    ``source`` is a workflow name or, for ``transfer-matrix``, a tuple of all
+    requested workflows. ``target`` is ``None`` for one-table experiments.
+    """
+    if name == "transfer-matrix":
+        return [(tuple(args.workflows), None)]
+    if EXPERIMENTS[name].needs_target:
+        return [tuple(pair.split(":")) for pair in args.pairs or DEFAULT_PAIRS]
+    return [(workflow, None) for workflow in args.workflows]
 
 
 def _render_section(results_dir: Path) -> str:
@@ -116,13 +139,23 @@ def main(argv: list[str] | None = None) -> int:
         "--experiments", nargs="+", choices=sorted(EXPERIMENTS), required=True
     )
     parser.add_argument(
-        "--workflows", nargs="+", default=["1000genome"], help="For one-workflow runs."
+        "--workflows",
+        nargs="+",
+        default=["1000genome"],
+        help="For one-workflow runs; transfer-matrix uses all of them together.",
     )
     parser.add_argument(
         "--pairs",
         nargs="+",
-        default=list(DEFAULT_PAIRS),
-        help="A:B workflow pairs for transfer and forgetting.",
+        help="A:B workflow pairs for transfer and forgetting (default: "
+        f"{' '.join(DEFAULT_PAIRS)}); for transfer-matrix, the only fine-tunes "
+        "to run (default: every ordered pair).",
+    )
+    parser.add_argument(
+        "--max-test-jobs",
+        type=int,
+        help="transfer-matrix: label-stratified subsample of each workflow's "
+        "validation and test jobs (default: all).",
     )
     parser.add_argument("--run-fraction", type=float, default=1.0)
     parser.add_argument("--split", default="runs", choices=("runs", "rows"))
@@ -155,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {
         "fractions": tuple(args.fractions),
         "methods": tuple(args.lora_methods),
+        "pairs": args.pairs,
+        "max_test_jobs": args.max_test_jobs,
     }
     command = "python benchmarks/run_experiments.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
@@ -162,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[str, object] = {}
 
-    def jobs_of(workflow: str):
+    def jobs_of(workflow: str | tuple):
+        if isinstance(workflow, tuple):
+            return pd.concat([jobs_of(name) for name in workflow], ignore_index=True)
         if workflow not in cache:
             cache[workflow] = _load(
                 args.data_root, workflow, args.run_fraction, args.seed
@@ -170,16 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         return cache[workflow]
 
     for name in args.experiments:
-        if EXPERIMENTS[name].needs_target:
-            settings = [tuple(pair.split(":")) for pair in args.pairs]
-        else:
-            settings = [(workflow, None) for workflow in args.workflows]
-        for source, target in settings:
-            label = source if target is None else f"{source}-to-{target}"
+        for source, target in _settings(name, args):
+            if isinstance(source, tuple):
+                label = f"{len(source)}workflows"
+            else:
+                label = source if target is None else f"{source}-to-{target}"
             out = args.out_root / f"{name}-{label}"
+            source_jobs = jobs_of(source)
             result = run_experiment(
                 name,
-                jobs_of(source),
+                source_jobs,
                 out=out,
                 config=config,
                 split=args.split,
@@ -188,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 options=options,
                 meta={
                     "run_fraction": args.run_fraction,
-                    "jobs": len(jobs_of(source)),
+                    "jobs": len(source_jobs),
                     **({"target_jobs": len(jobs_of(target))} if target else {}),
                 },
             )

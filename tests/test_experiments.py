@@ -302,3 +302,226 @@ class TestExperimentCli:
 
         assert status == 2
         assert "needs a second workflow" in capsys.readouterr().err
+
+
+TRANSFER_WORKFLOWS = ["montage", "predict-future-sales"]
+MATRIX_FILES = (
+    "zero_shot_source_threshold",
+    "zero_shot_target_threshold",
+    "fine_tuned",
+)
+
+
+@pytest.fixture(scope="module")
+def two_workflow_jobs(fixtures_dir) -> pd.DataFrame:
+    """Every job of the bundled montage and predict_future_sales runs."""
+    return load_jobs(
+        [
+            fixtures_dir / "montage-3runs.zip",
+            fixtures_dir / "predict_future_sales-3runs.zip",
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def transfer_matrix_run(two_workflow_jobs, tmp_path_factory):
+    """One transfer-matrix run: two models, one fine-tune (montage to sales).
+
+    The bundled archives hold three runs per workflow, too few for a runs
+    split of each workflow, so this uses the rows split.
+    """
+    config = FinetuneConfig(
+        template="terse",
+        num_epochs=1,
+        batch_size=16,
+        eval_batch_size=64,
+        max_length=48,
+        max_train_jobs=200,
+        show_progress_bar=False,
+        num_threads=1,
+    )
+    out = tmp_path_factory.mktemp("transfer-matrix")
+    return run_experiment(
+        "transfer-matrix",
+        two_workflow_jobs,
+        out=out,
+        config=config,
+        split="rows",
+        options={"pairs": ["montage:predict-future-sales"], "max_test_jobs": 40},
+    )
+
+
+@pytest.mark.slow
+class TestTransferMatrixExperiment:
+    def test_matrices_shape_and_labels(self, transfer_matrix_run):
+        out = transfer_matrix_run.out
+
+        assert sorted(transfer_matrix_run.extra_tables) == sorted(MATRIX_FILES)
+        for name in MATRIX_FILES:
+            matrix = pd.read_csv(out / f"table_{name}.csv")
+            assert list(matrix.columns) == ["source", *TRANSFER_WORKFLOWS]
+            assert list(matrix["source"]) == TRANSFER_WORKFLOWS
+            assert matrix.shape == (2, 3)
+
+    def test_settings_per_cell(self, transfer_matrix_run):
+        table = transfer_matrix_run.table
+        settings = table.groupby(["source", "target"])["setting"].apply(list)
+        zero_shot = ["zero-shot source threshold", "zero-shot target threshold"]
+
+        assert settings["montage", "montage"] == [*zero_shot, "fine-tuned"]
+        assert settings["montage", "predict-future-sales"] == [*zero_shot, "fine-tuned"]
+        assert settings["predict-future-sales", "montage"] == zero_shot
+        assert len(table) == 11
+        assert table["f1"].between(0, 1).all()
+
+    def test_diagonal_fine_tuned_is_own_model(self, transfer_matrix_run):
+        table = transfer_matrix_run.table.set_index(["source", "target", "setting"])
+        metrics = ["f1", "roc_auc", "pr_auc", "threshold"]
+
+        for workflow in TRANSFER_WORKFLOWS:
+            own = table.loc[(workflow, workflow, "zero-shot source threshold"), metrics]
+            fine_tuned = table.loc[(workflow, workflow, "fine-tuned"), metrics]
+            assert list(fine_tuned) == list(own)
+
+    def test_source_threshold_shared_by_targets(self, transfer_matrix_run):
+        table = transfer_matrix_run.table
+        rows = table[table["setting"] == "zero-shot source threshold"]
+
+        assert (rows.groupby("source")["threshold"].nunique() == 1).all()
+
+    def test_target_threshold_best_on_validation(self, transfer_matrix_run):
+        # The target threshold maximises F1 on the target's validation part,
+        # so no other threshold (the source's included) scores higher there.
+        table = transfer_matrix_run.table.set_index(["source", "target", "setting"])
+
+        for source in TRANSFER_WORKFLOWS:
+            for target in TRANSFER_WORKFLOWS:
+                chosen = table.loc[
+                    (source, target, "zero-shot target threshold"), "validation_f1"
+                ]
+                at_source_threshold = table.loc[
+                    (source, target, "zero-shot source threshold"), "validation_f1"
+                ]
+                assert chosen >= at_source_threshold - 1e-12
+
+    def test_pair_not_run_is_nan(self, transfer_matrix_run):
+        out = transfer_matrix_run.out
+        fine_tuned = pd.read_csv(out / "table_fine_tuned.csv").set_index("source")
+        markdown = (out / "table.md").read_text()
+
+        assert np.isnan(fine_tuned.loc["predict-future-sales", "montage"])
+        assert not np.isnan(fine_tuned.loc["montage", "predict-future-sales"])
+        assert fine_tuned.notna().sum().sum() == 3
+        assert "| predict-future-sales | - |" in markdown
+
+    def test_test_sizes_subsampled_and_recorded(
+        self, transfer_matrix_run, two_workflow_jobs
+    ):
+        table = transfer_matrix_run.table
+        meta = _read_result(transfer_matrix_run.out)["meta"]
+
+        assert meta["max_test_jobs"] == 40
+        assert meta["test_jobs"] == {workflow: 40 for workflow in TRANSFER_WORKFLOWS}
+        assert (table["test_jobs"] == 40).all()
+        assert (table["validation_jobs"] == 40).all()
+        # Both classes stay in each subsample, so ROC-AUC is defined everywhere.
+        assert table["roc_auc"].notna().all()
+
+    def test_models_saved_per_workflow(self, transfer_matrix_run):
+        models = transfer_matrix_run.out / "models"
+
+        assert sorted(path.name for path in models.iterdir()) == TRANSFER_WORKFLOWS
+        for workflow in TRANSFER_WORKFLOWS:
+            assert (models / workflow / "model.safetensors").is_file()
+
+    def test_heatmaps_are_images(self, transfer_matrix_run):
+        from PIL import Image
+
+        assert len(transfer_matrix_run.plots) == 3
+        for name in MATRIX_FILES:
+            path = transfer_matrix_run.out / f"transfer_{name}.png"
+            with Image.open(path) as image:
+                image.verify()
+                assert image.format == "PNG"
+                assert min(image.size) > 100
+
+
+class TestTransferMatrixInputs:
+    def test_one_workflow_raises(self, montage_jobs, tmp_path):
+        message = (
+            "transfer-matrix needs jobs of at least two workflows, found ['montage']"
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_experiment("transfer-matrix", montage_jobs, out=tmp_path, split="rows")
+
+    @pytest.mark.parametrize(
+        ("pair", "message"),
+        [
+            (
+                "montage:blast",
+                "pair 'montage:blast' names workflow(s) ['blast'] that are not in "
+                "the jobs",
+            ),
+            ("montage:montage", "pair 'montage:montage' fine-tunes a workflow on"),
+            ("montage", "invalid pair 'montage': expected 'SOURCE:TARGET'"),
+        ],
+    )
+    def test_invalid_pair_raises(self, two_workflow_jobs, tmp_path, pair, message):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_experiment(
+                "transfer-matrix",
+                two_workflow_jobs,
+                out=tmp_path,
+                split="rows",
+                options={"pairs": [pair]},
+            )
+
+    def test_runs_split_of_three_runs_raises(self, two_workflow_jobs, tmp_path):
+        message = "workflow 'montage' has no validation jobs under the 'runs' split"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_experiment("transfer-matrix", two_workflow_jobs, out=tmp_path)
+
+    def test_cli_one_workflow_fails(self, fixtures_dir, tmp_path, capsys):
+        status = main(
+            [
+                "experiment",
+                "transfer-matrix",
+                "--data",
+                str(fixtures_dir / "montage-3runs.zip"),
+                "--split",
+                "rows",
+                "--pairs",
+                "montage:montage",
+                "--max-test-jobs",
+                "10",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+
+        assert status == 2
+        assert "needs jobs of at least two workflows" in capsys.readouterr().err
+
+    def test_cli_options_reach_experiment(self, fixtures_dir, tmp_path, capsys):
+        status = main(
+            [
+                "experiment",
+                "transfer-matrix",
+                "--data",
+                str(fixtures_dir / "montage-3runs.zip"),
+                str(fixtures_dir / "predict_future_sales-3runs.zip"),
+                "--split",
+                "rows",
+                "--pairs",
+                "predict_future_sales:variant_calling",
+                "--max-test-jobs",
+                "10",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+
+        assert status == 2
+        # The archive spelling of predict-future-sales is accepted, so only
+        # the workflow missing from the jobs is named.
+        assert "names workflow(s) ['variant_calling']" in capsys.readouterr().err

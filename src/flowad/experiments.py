@@ -825,27 +825,34 @@ def _experiment_transfer(settings: ExperimentSettings) -> tuple:
 
 
 def _parse_pairs(pairs, workflows: Sequence[str]) -> list[tuple[str, str]]:
-    """Turn ``"A:B"`` strings (or 2-tuples) into checked (source, target) pairs."""
+    """Turn ``"A:B"`` strings (or 2-tuples) into checked (source, target) pairs.
+
+    A name may also be spelled as its archive is (``predict_future_sales``
+    for the workflow ``predict-future-sales``).
+    """
+    spellings = {name.replace("-", "_"): name for name in workflows}
+    spellings.update({name: name for name in workflows})
     parsed = []
     for pair in pairs:
         if not isinstance(pair, str):
             pair = ":".join(pair)
         source, separator, target = pair.partition(":")
+        source, target = spellings.get(source, source), spellings.get(target, target)
         if not separator or not source or not target:
             raise ValueError(
-                f"a pair must read 'SOURCE:TARGET', got {pair!r}; for example "
+                f"invalid pair {pair!r}: expected 'SOURCE:TARGET', for example "
                 f"'{workflows[0]}:{workflows[1]}'"
             )
         unknown = sorted({source, target} - set(workflows))
         if unknown:
             raise ValueError(
                 f"pair {pair!r} names workflow(s) {unknown} that are not in the "
-                f"jobs; choose among {list(workflows)}"
+                f"jobs. Choose among {list(workflows)}"
             )
         if source == target:
             raise ValueError(
-                f"pair {pair!r} fine-tunes a workflow on itself; the diagonal is "
-                "always the workflow's own model, so list only pairs of two "
+                f"pair {pair!r} fine-tunes a workflow on itself, but the diagonal "
+                "is always the workflow's own model. List only pairs of two "
                 "different workflows"
             )
         parsed.append((source, target))
@@ -858,7 +865,7 @@ def _workflow_parts(
     split: Split,
     max_test_jobs: int | None,
 ) -> dict[str, pd.DataFrame]:
-    """Split one workflow's jobs on their own; subsample validation and test.
+    """Split one workflow's jobs on their own and subsample validation and test.
 
     The subsample is label-stratified and seeded with the split's seed, so a
     small ``max_test_jobs`` still keeps anomalous jobs in both parts.
@@ -896,7 +903,7 @@ def _cell(
     validation_scores: np.ndarray,
     threshold: float,
 ) -> dict:
-    """Return one row of the long table: test and validation metrics at ``threshold``."""
+    """Return one long-table row: test and validation metrics at ``threshold``."""
     test_metrics = compute_metrics(
         test["label"].to_numpy(), test_scores, threshold=threshold
     )
@@ -944,10 +951,14 @@ def _zero_shot_rows(
             validation["label"].to_numpy(), scores["validation_scores"]
         )
         rows.append(
-            _cell(source, target, ZERO_SHOT_SOURCE, threshold=model.threshold_, **scores)
+            _cell(
+                source, target, ZERO_SHOT_SOURCE, threshold=model.threshold_, **scores
+            )
         )
         rows.append(
-            _cell(source, target, ZERO_SHOT_TARGET, threshold=target_threshold, **scores)
+            _cell(
+                source, target, ZERO_SHOT_TARGET, threshold=target_threshold, **scores
+            )
         )
         if target == source:
             # The diagonal of the fine-tuned matrix is the workflow's own model.
@@ -1056,7 +1067,9 @@ def _experiment_transfer_matrix(settings: ExperimentSettings) -> tuple:
         )
     max_test_jobs = settings.options.get("max_test_jobs")
     if max_test_jobs is not None and int(max_test_jobs) < 1:
-        raise ValueError(f"max_test_jobs must be None or at least 1, got {max_test_jobs}")
+        raise ValueError(
+            f"max_test_jobs must be None or at least 1, got {max_test_jobs}"
+        )
     pairs = settings.options.get("pairs")
     pairs = (
         [(a, b) for a in workflows for b in workflows if a != b]
@@ -1080,7 +1093,11 @@ def _experiment_transfer_matrix(settings: ExperimentSettings) -> tuple:
         rows += _zero_shot_rows(source, model, parts)
     for number, (source, target) in enumerate(pairs, start=1):
         logger.info(
-            "Fine-tuning the %s model on %s (%d of %d)", source, target, number, len(pairs)
+            "Fine-tuning the %s model on %s (%d of %d)",
+            source,
+            target,
+            number,
+            len(pairs),
         )
         start = dataclasses.replace(config, model=str(settings.out / "models" / source))
         model = _fit(start, parts[target]["train"], parts[target]["validation"])
