@@ -1047,7 +1047,9 @@ def _experiment_transfer_matrix(settings: ExperimentSettings) -> tuple:
     ``models/<workflow>/``. Every model is scored on every workflow's test
     part at its own threshold and at a threshold re-chosen on the target's
     validation part. For each pair A != B, A's model is then fine-tuned on
-    B's training part; the diagonal is B's own model.
+    B's training part and scored at the threshold chosen on B's validation
+    part. The fine-tuned models are not saved. The diagonal of the
+    fine-tuned matrix is B's own model.
 
     Options: ``pairs`` (``"A:B"`` strings restricting the fine-tunes; default
     every ordered pair), ``max_test_jobs`` (label-stratified subsample of each
