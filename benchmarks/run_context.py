@@ -198,6 +198,8 @@ def run_sft(args: argparse.Namespace) -> None:
                 config = FinetuneConfig(
                     template=template,
                     num_epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    learning_rate=args.learning_rate,
                     max_train_jobs=args.max_train_jobs,
                     max_validation_jobs=args.max_validation_jobs,
                     seed=seed,
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("--max-train-jobs", type=int, default=4000)
     sft.add_argument("--max-validation-jobs", type=int, default=1500)
     sft.add_argument("--threads", type=int, default=2)
+    sft.add_argument("--batch-size", type=int, default=32)
+    sft.add_argument("--learning-rate", type=float, default=5e-5)
     commands.add_parser("table", help="Print Markdown tables of the results.")
 
     args = parser.parse_args(argv)

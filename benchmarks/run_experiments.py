@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--template", default="compact")
     parser.add_argument("--max-train-jobs", type=int, default=2000)
     parser.add_argument("--max-validation-jobs", type=int, default=500)
     parser.add_argument(
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     config = FinetuneConfig(
         num_epochs=args.epochs,
         batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        template=args.template,
         max_train_jobs=args.max_train_jobs,
         max_validation_jobs=args.max_validation_jobs,
         seed=args.seed,

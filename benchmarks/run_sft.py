@@ -1,7 +1,9 @@
 """Benchmark supervised fine-tuning: quality per workflow and speed.
 
 Quality: fine-tune the packaged MiniLM on the training part of the ``runs``
-and ``paper`` splits and report F1 on the test part.
+and ``paper`` splits and report F1 on the test part (the ``sft`` mode of
+``run_context.py`` with this benchmark's defaults: the three workflows with
+published splits, seed 0, the ``context`` template).
 
 Speed: fine-tune and score with flowad and with the recipe of the SC'24
 study of SFT and ICL for workflow anomaly detection (Jin et al.)
@@ -23,108 +25,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PAPER_WORKFLOWS = ("1000genome", "montage", "predict_future_sales")
-
-
-def _machine() -> str:
-    import os
-
-    import torch
-
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
-
-
-def _write_result(name: str, document: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    document = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "command": " ".join(sys.argv),
-        **document,
-    }
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+from _common import (
+    PAPER_WORKFLOWS,
+    RESULTS_DIR,
+    load_workflow,
+    split_workflow,
+    write_result,
+)
 
 
 def _load(data_root: Path, workflow: str, split_name: str, seed: int):
-    from flowad.data import load_jobs
-    from flowad.splits import make_split
-
-    jobs = load_jobs(data_root / "flowbench" / f"{workflow}.zip")
-    split = make_split(
-        jobs,
-        split_name,
-        seed=seed,
-        paper_dir=data_root / "paper_splits" / workflow,
+    return split_workflow(
+        load_workflow(data_root, workflow), data_root, workflow, split_name, seed
     )
-    return jobs, split
 
 
 def run_quality(args: argparse.Namespace) -> None:
     """Fine-tune and evaluate on test for each workflow and split."""
-    from flowad.evaluate import compute_metrics
-    from flowad.finetune import FinetuneConfig, TextClassifierDetector
+    import run_context
 
-    for workflow in args.workflows:
-        for split_name in args.splits:
-            jobs, split = _load(args.data_root, workflow, split_name, args.seed)
-            config = FinetuneConfig(
-                template=args.template,
-                num_epochs=args.epochs,
-                max_train_jobs=args.max_train_jobs,
-                max_validation_jobs=args.max_validation_jobs,
-                seed=args.seed,
-                show_progress_bar=False,
-            )
-            detector = TextClassifierDetector(config).fit(
-                split.part(jobs, "train"), split.part(jobs, "validation")
-            )
-            test = split.part(jobs, "test")
-            started = time.perf_counter()
-            scores = detector.predict_proba(test)
-            infer_seconds = time.perf_counter() - started
-            metrics = compute_metrics(
-                test["label"].to_numpy(),
-                scores,
-                threshold=detector.threshold_,
-                anomaly_types=test["anomaly_type"].to_numpy(),
-            )
-            path = _write_result(
-                f"sft-{workflow}-{split_name}-{args.template}-seed{args.seed}",
-                {
-                    "workflow": workflow,
-                    "split": split_name,
-                    "method": "sft",
-                    "template": args.template,
-                    "model": "all-MiniLM-L6-v2",
-                    "seed": args.seed,
-                    "settings": config.to_dict(),
-                    "train_seconds": detector.metadata_["train_seconds"],
-                    "train_jobs": detector.metadata_["train_jobs"],
-                    "infer_jobs_per_s": len(test) / infer_seconds,
-                    "metrics": metrics,
-                },
-            )
-            print(
-                f"{workflow:<22}{split_name:<7}F1 {metrics['f1']:.4f}  "
-                f"ROC-AUC {metrics['roc_auc']:.4f}  -> {path.name}",
-                flush=True,
-            )
+    args.templates = [args.template]
+    args.seeds = [args.seed]
+    args.threads = None
+    args.skip_existing = False
+    run_context.run_sft(args)
 
 
 def _side(args: argparse.Namespace) -> dict:
@@ -152,6 +83,8 @@ def _side(args: argparse.Namespace) -> dict:
         config = FinetuneConfig(
             template=args.template,
             num_epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
             seed=args.seed,
             show_progress_bar=False,
         )
@@ -169,6 +102,7 @@ def _side(args: argparse.Namespace) -> dict:
         infer_seconds = time.perf_counter() - started
         infer_cpu_seconds = time.process_time() - cpu_started
         threshold = detector.threshold_
+        validation_f1 = max(entry["validation_f1"] for entry in detector.history_)
         template = args.template
     else:
         from transformers import (
@@ -225,7 +159,11 @@ def _side(args: argparse.Namespace) -> dict:
 
         # The study's recipe has no validation threshold; for a fair F1 the
         # same validation rule as flowad is applied.
-        threshold = choose_threshold(validation["label"].to_numpy(), probabilities(validation))
+        validation_scores = probabilities(validation)
+        threshold = choose_threshold(validation["label"].to_numpy(), validation_scores)
+        validation_f1 = compute_metrics(
+            validation["label"].to_numpy(), validation_scores, threshold=threshold
+        )["f1"]
         started, cpu_started = time.perf_counter(), time.process_time()
         scores = probabilities(test)
         infer_seconds = time.perf_counter() - started
@@ -247,6 +185,7 @@ def _side(args: argparse.Namespace) -> dict:
         "train_jobs_per_cpu_s": train_jobs_per_cpu_s,
         "infer_jobs_per_cpu_s": len(test) / infer_cpu_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "validation_f1": validation_f1,
         "metrics": metrics,
     }
 
@@ -280,6 +219,10 @@ def run_speed(args: argparse.Namespace) -> None:
                 str(args.test_jobs),
                 "--seed",
                 str(args.seed),
+                "--batch-size",
+                str(args.batch_size),
+                "--learning-rate",
+                str(args.learning_rate),
                 "--scratch",
                 scratch,
             ]
@@ -309,11 +252,15 @@ def run_speed(args: argparse.Namespace) -> None:
             "validation_jobs": args.validation_jobs,
             "test_jobs": args.test_jobs,
             "epochs": args.epochs,
+            "flowad_batch_size": args.batch_size,
+            "flowad_learning_rate": args.learning_rate,
         },
         "metrics": flowad["metrics"],
         "train_jobs_per_s": flowad["train_jobs_per_s"],
         "infer_jobs_per_s": flowad["infer_jobs_per_s"],
         "peak_rss_mb": flowad["peak_rss_mb"],
+        "validation_f1": flowad["validation_f1"],
+        "reference_validation_f1": reference["validation_f1"],
         "reference_metrics": reference["metrics"],
         "reference_train_jobs_per_s": reference["train_jobs_per_s"],
         "reference_infer_jobs_per_s": reference["infer_jobs_per_s"],
@@ -327,7 +274,10 @@ def run_speed(args: argparse.Namespace) -> None:
         "infer_speedup_cpu": flowad["infer_jobs_per_cpu_s"]
         / reference["infer_jobs_per_cpu_s"],
     }
-    path = _write_result(f"speed-{args.workflow}-{args.template}-seed{args.seed}", document)
+    name = f"speed-{args.workflow}-{args.template}"
+    if args.batch_size != 32:
+        name += f"-batch{args.batch_size}"
+    path = write_result(f"{name}-seed{args.seed}", document)
     print(
         f"speed-up: training {document['train_speedup']:.2f}x, inference "
         f"{document['infer_speedup']:.2f}x (CPU time: {document['train_speedup_cpu']:.2f}x, "
@@ -351,7 +301,7 @@ def run_summary(args: argparse.Namespace) -> None:
     print("| workflow | split | template | train jobs | epochs | F1 | ROC-AUC | PR-AUC "
           "| best baseline F1 (same split, seed) | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for path in sorted(RESULTS_DIR.glob("sft-*.json")):
+    for path in sorted(RESULTS_DIR.glob("context-sft-*.json")):
         document = json.loads(path.read_text())
         metrics = document["metrics"]
         print(
@@ -387,11 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     quality.add_argument("--data-root", type=Path, required=True)
     quality.add_argument("--workflows", nargs="+", default=list(PAPER_WORKFLOWS))
     quality.add_argument("--splits", nargs="+", default=["runs", "paper"])
-    quality.add_argument("--template", default="compact")
-    quality.add_argument("--epochs", type=int, default=2)
+    quality.add_argument("--template", default="context")
+    quality.add_argument("--epochs", type=int, default=1)
     quality.add_argument("--max-train-jobs", type=int, default=6000)
     quality.add_argument("--max-validation-jobs", type=int, default=2000)
     quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--batch-size", type=int, default=32)
+    quality.add_argument("--learning-rate", type=float, default=5e-5)
 
     commands.add_parser("summary", help="Print Markdown tables of the results.")
 
@@ -406,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--test-jobs", type=int, default=2000)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int)
+        # The flowad side only; the reference keeps the Trainer defaults.
+        sub.add_argument("--batch-size", type=int, default=32)
+        sub.add_argument("--learning-rate", type=float, default=5e-5)
         if name == "side":
             sub.add_argument("--side", choices=("reference", "flowad"), required=True)
             sub.add_argument("--scratch", required=True)

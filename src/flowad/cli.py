@@ -247,26 +247,28 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_template_argument(parser)
     parser.add_argument(
-        "--epochs", type=int, default=3, help="Training epochs (default: 3)."
+        "--epochs", type=int, default=3, help="Training epochs (default: %(default)s)."
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="Training batch size (default: 32)."
+        "--batch-size", type=int, default=32, help="Training batch size (default: %(default)s)."
     )
     parser.add_argument(
         "--learning-rate",
         type=float,
         default=5e-5,
-        help="Peak learning rate of AdamW (default: 5e-5).",
+        help="Peak learning rate of AdamW (default: %(default)s).",
     )
     parser.add_argument(
         "--max-train-jobs",
         type=int,
-        help="Train on a seeded random subsample of this many jobs (default: all).",
+        help="Train on a seeded random subsample of this many jobs; unset uses all "
+        "(default: %(default)s).",
     )
     parser.add_argument(
         "--max-validation-jobs",
         type=int,
-        help="Validate on a seeded subsample of this many jobs (default: all).",
+        help="Validate on a seeded subsample of this many jobs; unset uses all "
+        "(default: %(default)s).",
     )
     parser.add_argument(
         "--label-column",
