@@ -922,6 +922,61 @@ def _cmd_icl(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+
+def _add_serve_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="Score job records posted over HTTP with a trained model."
+    )
+    parser.add_argument(
+        "--model", required=True, help="Folder written by `flowad train` (or LoRA)."
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Address to listen on (default: %(default)s, this machine only). "
+        "Any other address, such as 0.0.0.0, exposes the model to the network "
+        "without authentication.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="TCP port; 0 picks a free one (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="Score at or above which a job is anomalous, in [0, 1] (default: the "
+        "model's validation threshold).",
+    )
+    parser.add_argument(
+        "--max-jobs",
+        type=int,
+        default=10000,
+        help="Maximum jobs per /score request; larger requests get HTTP 413 "
+        "(default: %(default)s).",
+    )
+    parser.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flowad.lora import load_detector
+    from flowad.service import create_app, run_server
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    detector = load_detector(args.model)
+    app = create_app(detector, threshold=args.threshold, max_jobs=args.max_jobs)
+    try:
+        run_server(app, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl+C, then raises SIGINT again.
+        logger.info("Server stopped")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -952,6 +1007,7 @@ _PARSERS = [
     _add_replay_parser,
     _add_experiment_parser,
     _add_icl_parser,
+    _add_serve_parser,
 ]
 
 
