@@ -36,8 +36,11 @@ only programs on the same machine can reach it.
 Open tasks
 ----------
 - The streaming state keeps every finished job record of every run for the
-  life of the process; add an endpoint that drops finished runs once
+  life of the process. Add an endpoint that drops finished runs once
   operators need long-running servers.
+- A request body is read and parsed before its job count is checked, and
+  its size in bytes is not limited. Put a proxy with a body size limit in
+  front of a server that other machines can reach.
 """
 
 import csv
@@ -276,10 +279,10 @@ class JobScorer:
     """Score posted job records and job events with one fitted detector.
 
     This is the framework-free part of the service: :func:`create_app` only
-    maps HTTP requests to these methods. A lock serializes model calls:
-    transformers sets truncation on the shared fast tokenizer at every call,
-    and a call from a second thread meanwhile fails with ``RuntimeError:
-    Already borrowed``.
+    maps HTTP requests to these methods. A lock serializes model calls,
+    because transformers sets truncation on the shared fast tokenizer at
+    every call, and concurrent calls have been reported to fail with
+    ``RuntimeError: Already borrowed``.
 
     Parameters
     ----------
