@@ -476,6 +476,15 @@ class TestTransferMatrixInputs:
                 options={"pairs": [pair]},
             )
 
+    def test_pairs_accept_archive_spellings(self):
+        from flowad.experiments import _parse_pairs
+
+        workflows = ["1000-genome", "predict-future-sales"]
+
+        assert _parse_pairs(["1000genome:predict_future_sales"], workflows) == [
+            ("1000-genome", "predict-future-sales")
+        ]
+
     def test_runs_split_of_three_runs_raises(self, two_workflow_jobs, tmp_path):
         message = "workflow 'montage' has no validation jobs under the 'runs' split"
         with pytest.raises(ValueError, match=re.escape(message)):

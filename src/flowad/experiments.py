@@ -828,16 +828,21 @@ def _parse_pairs(pairs, workflows: Sequence[str]) -> list[tuple[str, str]]:
     """Turn ``"A:B"`` strings (or 2-tuples) into checked (source, target) pairs.
 
     A name may also be spelled as its archive is (``predict_future_sales``
-    for the workflow ``predict-future-sales``).
+    or ``1000genome`` for the workflows ``predict-future-sales`` and
+    ``1000-genome``): hyphens and underscores are ignored when matching.
     """
-    spellings = {name.replace("-", "_"): name for name in workflows}
-    spellings.update({name: name for name in workflows})
+
+    def key(name: str) -> str:
+        return name.replace("-", "").replace("_", "")
+
+    spellings = {key(name): name for name in workflows}
     parsed = []
     for pair in pairs:
         if not isinstance(pair, str):
             pair = ":".join(pair)
         source, separator, target = pair.partition(":")
-        source, target = spellings.get(source, source), spellings.get(target, target)
+        source = spellings.get(key(source), source)
+        target = spellings.get(key(target), target)
         if not separator or not source or not target:
             raise ValueError(
                 f"invalid pair {pair!r}: expected 'SOURCE:TARGET', for example "
