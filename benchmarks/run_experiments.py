@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--template", default="compact")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--max-train-jobs", type=int, default=2000)
     parser.add_argument("--max-validation-jobs", type=int, default=500)
     parser.add_argument(
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         max_train_jobs=args.max_train_jobs,
         max_validation_jobs=args.max_validation_jobs,
         seed=args.seed,
-        num_threads=2,
+        num_threads=args.threads,
         show_progress_bar=False,
     )
     options = {

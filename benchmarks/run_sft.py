@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -53,7 +54,6 @@ def run_quality(args: argparse.Namespace) -> None:
 
     args.templates = [args.template]
     args.seeds = [args.seed]
-    args.threads = None
     args.skip_existing = False
     run_context.run_sft(args)
 
@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     quality.add_argument("--max-train-jobs", type=int, default=6000)
     quality.add_argument("--max-validation-jobs", type=int, default=2000)
     quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     quality.add_argument("--batch-size", type=int, default=32)
     quality.add_argument("--learning-rate", type=float, default=5e-5)
 
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--scratch", required=True)
 
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command == "quality":
         run_quality(args)
     elif args.command == "summary":
