@@ -248,6 +248,8 @@ class TestTransferAndForgetting:
         )
         rows = _read_result(tmp_path)["rows"]
         assert rows[1]["metrics"]["forgetting"] == pytest.approx(table["forgetting"][1])
+        assert table["f1_after_own_threshold"][0] == table["f1_before"][0]
+        assert table["f1_after_own_threshold"].between(0, 1).all()
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowad.evaluate import compute_metrics
+from flowad.evaluate import choose_threshold, compute_metrics
 from flowad.finetune import FinetuneConfig, TextClassifierDetector
 from flowad.splits import PART_NAMES, Split, make_split
 
@@ -93,6 +93,7 @@ METRIC_COLUMNS = (
     "pr_auc_before",
     "pr_auc_after",
     "forgetting",
+    "f1_after_own_threshold",
     "train_seconds",
     "peak_memory_mb",
     "trainable_parameters",
@@ -1138,6 +1139,10 @@ def _experiment_transfer_matrix(settings: ExperimentSettings) -> tuple:
 def _experiment_forgetting(settings: ExperimentSettings) -> tuple:
     """Fine-tune on A, then on B; F1 on A before and after, with mitigations.
 
+    ``f1_after`` uses the fine-tuned model's threshold, chosen on B's
+    validation jobs; ``f1_after_own_threshold`` re-chooses the threshold on
+    A's validation jobs, which separates lost ranking from a moved threshold.
+
     Options: ``freeze_layers`` (N of the ``last-N`` mitigation, default 2),
     ``replay_fraction`` (share of A's training jobs mixed into B's training
     jobs, default 0.1).
@@ -1149,12 +1154,13 @@ def _experiment_forgetting(settings: ExperimentSettings) -> tuple:
     replay_fraction = float(settings.options.get("replay_fraction", 0.1))
     source_name, target_name = _workflow_name(source), _workflow_name(target)
     source_train = source_split.part(source, "train")
+    source_validation = source_split.part(source, "validation")
     source_test = source_split.part(source, "test")
     target_train = target_split.part(target, "train")
     target_validation = target_split.part(target, "validation")
     target_test = target_split.part(target, "test")
 
-    source_model = _fit(config, source_train, source_split.part(source, "validation"))
+    source_model = _fit(config, source_train, source_validation)
     source_dir = settings.out / "source-model"
     source_model.save(source_dir)
     before = _binary_metrics(source_model, source_test)
@@ -1190,13 +1196,23 @@ def _experiment_forgetting(settings: ExperimentSettings) -> tuple:
             "pr_auc_before": before["pr_auc"],
             "pr_auc_after": before["pr_auc"],
             "forgetting": 0.0,
+            "f1_after_own_threshold": before["f1"],
             "target_f1": before_target["f1"],
             "target_pr_auc": before_target["pr_auc"],
         }
     ]
     for method, (method_config, train) in methods.items():
         detector = _fit(method_config, train, target_validation)
-        after = _binary_metrics(detector, source_test)
+        source_scores = detector.predict_proba(source_test)
+        after = _binary_metrics(detector, source_test, source_scores)
+        # The fine-tuned model keeps the threshold chosen on the target's
+        # validation jobs; an operator can keep one threshold per workflow.
+        own_threshold = choose_threshold(
+            source_validation["label"].to_numpy(), detector.predict_proba(source_validation)
+        )
+        after_own = compute_metrics(
+            source_test["label"].to_numpy(), source_scores, threshold=own_threshold
+        )["f1"]
         after_target = _binary_metrics(detector, target_test)
         rows.append(
             {
@@ -1207,6 +1223,7 @@ def _experiment_forgetting(settings: ExperimentSettings) -> tuple:
                 "pr_auc_before": before["pr_auc"],
                 "pr_auc_after": after["pr_auc"],
                 "forgetting": before["f1"] - after["f1"],
+                "f1_after_own_threshold": after_own,
                 "target_f1": after_target["f1"],
                 "target_pr_auc": after_target["pr_auc"],
             }
