@@ -257,9 +257,9 @@ def _threads(document: dict) -> str:
 
 def _quality_table(documents: list[dict]) -> list[str]:
     lines = [
-        "| workflow | configuration | decision | test jobs | F1 | F1 all anomalous "
-        "| ROC AUC | PR AUC | skipped | jobs/s | threads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workflow | template | configuration | decision | test jobs | F1 "
+        "| F1 all anomalous | ROC AUC | PR AUC | skipped | jobs/s | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(CONFIGS)
 
@@ -273,7 +273,8 @@ def _quality_table(documents: list[dict]) -> list[str]:
         share = metrics["anomalous"] / metrics["jobs"]
         all_anomalous = 2 * share / (1 + share)
         lines.append(
-            f"| {document['workflow']} | {document['config']} | {document['decision']} "
+            f"| {document['workflow']} | {document['template']} | {document['config']} "
+            f"| {document['decision']} "
             f"| {document['test_jobs']} | {_number(metrics['f1'])} "
             f"| {_number(all_anomalous)} "
             f"| {_number(metrics['roc_auc'])} | {_number(metrics['pr_auc'])} "
@@ -324,7 +325,7 @@ def run_report(args: argparse.Namespace) -> None:
         "## In-context learning",
         "",
         "`flowad.icl.FewShotDetector` (command `flowad icl`) with the packaged "
-        f"{sample['model']} and no weight update, template `{sample['template']}`, "
+        f"{sample['model']} and no weight update (sentence template per row), "
         f"`runs` split with seed {sample['seed']}. Test jobs are a seeded sample of "
         "the test runs, stratified by label. Label scoring subtracts the log-odds "
         "offset with the best F1 on a stratified sample of validation jobs, then "
@@ -337,7 +338,7 @@ def run_report(args: argparse.Namespace) -> None:
         "- Commands: `python benchmarks/run_icl.py quality|speed --data-root "
         "/work/shared/data ...` as stored in each JSON file, then "
         "`python benchmarks/run_icl.py report`.",
-        f"- Date: {sample['date'][:10]}",
+        f"- Dates: {', '.join(sorted({d['date'][:10] for d in documents}))}",
         "",
         *_quality_table(quality),
         "",
