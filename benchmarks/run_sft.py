@@ -2,8 +2,8 @@
 
 Quality: fine-tune the packaged MiniLM on the training part of the ``runs``
 and ``paper`` splits and report F1 on the test part (the ``sft`` mode of
-``run_context.py`` with this benchmark's defaults: the three workflows with
-published splits, seed 0, the ``context`` template).
+``run_context.py``, by default on the three workflows with published splits
+and with the ``context`` template).
 
 Speed: fine-tune and score with flowad and with the recipe of the SC'24
 study of SFT and ICL for workflow anomaly detection (Jin et al.)
@@ -52,10 +52,11 @@ def run_quality(args: argparse.Namespace) -> None:
     """Fine-tune and evaluate on test for each workflow and split."""
     import run_context
 
-    args.templates = [args.template]
-    args.seeds = [args.seed]
-    args.skip_existing = False
-    run_context.run_sft(args)
+    # run_context's sft mode loops over templates and seeds; this mode runs one of each.
+    settings = argparse.Namespace(
+        **vars(args), templates=[args.template], seeds=[args.seed], skip_existing=False
+    )
+    run_context.run_sft(settings)
 
 
 def _side(args: argparse.Namespace) -> dict:

@@ -205,9 +205,9 @@ def partial_jobs(jobs: pd.DataFrame, stage: str) -> pd.DataFrame:
         context columns attached by :func:`flowad.context.attach_context`
         (whole-run statistics) are removed.
     """
-    columns = [column for column in unknown_columns(stage) if column in jobs.columns]
     from flowad.context import drop_attached_context
 
+    columns = [column for column in unknown_columns(stage) if column in jobs.columns]
     # Context attached to the table describes whole runs, which are not known yet.
     partial = drop_attached_context(jobs).copy()
     if columns:
