@@ -43,9 +43,17 @@ from _common import (
 SECTION_START = "<!-- icl:start -->"
 SECTION_END = "<!-- icl:end -->"
 TARGET_F1 = 0.70
+# Version of the prompt layout in flowad.prompts. Results without the key used
+# layout 1 (headers, and the answer request after the job block). Layout 2 ends
+# label-only prompts with the job block.
+PROMPT_LAYOUT = 2
 # Configuration name -> FewShotDetector arguments. Order is priority order:
 # a time budget stops before the later ones.
 CONFIGS = {
+    "nearest4-context-nostats": dict(
+        shots=4, selection="nearest", neighbours="context", use_stats=False
+    ),
+    "nearest4-nostats": dict(shots=4, selection="nearest", use_stats=False),
     "zero-shot-stats": dict(shots=0, use_stats=True),
     "nearest2-stats": dict(shots=2, selection="nearest", use_stats=True),
     "nearest4-stats": dict(shots=4, selection="nearest", use_stats=True),
@@ -55,7 +63,6 @@ CONFIGS = {
     "balanced4-stats": dict(shots=4, selection="balanced", use_stats=True),
     "random4-stats": dict(shots=4, selection="random", use_stats=True),
     "zero-shot-nostats": dict(shots=0, use_stats=False),
-    "nearest4-nostats": dict(shots=4, selection="nearest", use_stats=False),
     "balanced4-nostats": dict(shots=4, selection="balanced", use_stats=False),
     "random4-nostats": dict(shots=4, selection="random", use_stats=False),
     "zero-shot-stats-generate": dict(
@@ -147,6 +154,7 @@ def run_quality(args: argparse.Namespace) -> None:
                     "model": backend.model_name,
                     "seed": args.seed,
                     "config": config,
+                    "prompt_layout": PROMPT_LAYOUT,
                     "detector": {k: v for k, v in kwargs.items()},
                     "decision": detector.decision,
                     "calibration": detector.calibration,
@@ -257,15 +265,19 @@ def _threads(document: dict) -> str:
 
 def _quality_table(documents: list[dict]) -> list[str]:
     lines = [
-        "| workflow | template | configuration | decision | test jobs | F1 "
-        "| F1 all anomalous | ROC AUC | PR AUC | skipped | jobs/s | threads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workflow | template | configuration | prompt layout | decision | test jobs "
+        "| F1 | F1 all anomalous | ROC AUC | PR AUC | skipped | jobs/s | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(CONFIGS)
 
     def key(document: dict) -> tuple:
         config = document["config"]
-        return document["workflow"], order.index(config) if config in order else 99
+        return (
+            document["workflow"],
+            -document.get("prompt_layout", 1),
+            order.index(config) if config in order else 99,
+        )
 
     for document in sorted(documents, key=key):
         metrics = document["metrics"]
@@ -274,7 +286,7 @@ def _quality_table(documents: list[dict]) -> list[str]:
         all_anomalous = 2 * share / (1 + share)
         lines.append(
             f"| {document['workflow']} | {document['template']} | {document['config']} "
-            f"| {document['decision']} "
+            f"| {document.get('prompt_layout', 1)} | {document['decision']} "
             f"| {document['test_jobs']} | {_number(metrics['f1'])} "
             f"| {_number(all_anomalous)} "
             f"| {_number(metrics['roc_auc'])} | {_number(metrics['pr_auc'])} "
@@ -344,16 +356,27 @@ def run_report(args: argparse.Namespace) -> None:
         "",
         "Configurations: `zero-shot` has no examples, `balanced4` four training "
         "examples (two per class) shared by all jobs, `random4` four random ones, "
-        "`nearest2` the two training jobs of the same transformation closest in the "
-        "numeric fields, per job. `stats` adds the per-class field means and "
-        "standard deviations, `nostats` leaves them out. `platt` replaces the "
-        "best-F1 offset with Platt scaling fitted on the validation log-odds, which "
-        "can reverse the ranking. `generate` parses a reply "
-        "of at most 8 tokens in place of label scoring. Configurations without a "
-        "row were not run: on this shared machine a job took 10-20 s, so the test "
-        "samples are far smaller than 500 jobs and the F1 values carry wide "
-        "uncertainty (on 60 jobs, one job more or less changes F1 by up to about "
-        "0.02).",
+        "`nearest4` / `nearest2` the four / two training jobs of the same "
+        "transformation closest to the job, per job: on the published fields plus "
+        "the run-context ratios to other hosts, or with `-context` on every numeric "
+        "run-context feature (`--neighbours context`). `stats` adds the per-class "
+        "field means and standard deviations, `nostats` leaves them out. `platt` "
+        "replaces the best-F1 offset with Platt scaling fitted on the validation "
+        "log-odds, which can reverse the ranking. `generate` parses a reply of at "
+        "most 8 tokens in place of label scoring.",
+        "",
+        "Prompt layout 1 (before 2026-12-05) wrote 'Labelled examples:' before the "
+        "examples, 'Label this job:' before the job and 'Answer with one word, "
+        "Normal or Abnormal.' after it. Layout 2 moves that request into the "
+        "instructions and ends the prompt with the job block written exactly like "
+        "the examples, so that the reply continues their pattern. On 60 test jobs "
+        "of 1000genome with four nearest examples (every run-context feature), "
+        "SmolLM2's log-odds had a Spearman correlation of -0.34 with the nearest "
+        "example's label in layout 1 (it contradicted the examples) and +0.68 in "
+        "layout 2 (ROC AUC 0.46 and 0.84 against the true labels; ad hoc check, "
+        "not stored). Layout 1 rows were measured on small samples on a machine "
+        "shared with other jobs (10-20 s per job); on 60 jobs one job more or "
+        "less changes F1 by up to about 0.02.",
         "",
     ]
     genome = [d for d in quality if d["workflow"] == "1000genome"]

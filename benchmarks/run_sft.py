@@ -65,7 +65,8 @@ def _side(args: argparse.Namespace) -> dict:
 
     from flowad.evaluate import choose_threshold, compute_metrics
     from flowad.finetune import FinetuneConfig, TextClassifierDetector, default_model_path
-    from flowad.templates import render_published
+    from flowad.context import attach_context
+    from flowad.templates import get_template, render_published
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,12 +74,19 @@ def _side(args: argparse.Namespace) -> dict:
     train = split.part(jobs, "train")
     validation = split.part(jobs, "validation")
     test = split.part(jobs, "test")
+    run_context = args.side == "flowad" and get_template(args.template).uses_run_context
+    if run_context:
+        # Run context describes whole runs: compute it before sub-sampling.
+        # For the test jobs it is computed again inside the inference timing.
+        train, validation = attach_context(train), attach_context(validation)
+    test_runs = test
     rng = np.random.default_rng(args.seed)
     train = train.iloc[np.sort(rng.choice(len(train), args.train_jobs, replace=False))]
     validation = validation.iloc[
         np.sort(rng.choice(len(validation), args.validation_jobs, replace=False))
     ]
-    test = test.iloc[np.sort(rng.choice(len(test), args.test_jobs, replace=False))]
+    test_positions = np.sort(rng.choice(len(test), args.test_jobs, replace=False))
+    test = test.iloc[test_positions]
 
     if args.side == "flowad":
         config = FinetuneConfig(
@@ -99,6 +107,8 @@ def _side(args: argparse.Namespace) -> dict:
             / detector.metadata_["train_step_cpu_seconds"]
         )
         started, cpu_started = time.perf_counter(), time.process_time()
+        if run_context:
+            test = attach_context(test_runs).iloc[test_positions]
         scores = detector.predict_proba(test)
         infer_seconds = time.perf_counter() - started
         infer_cpu_seconds = time.process_time() - cpu_started

@@ -268,3 +268,43 @@ class TestContextTemplates:
             assert tokens.mean() < published.mean(), name
         short = count_tokens(get_template("context_short")(calling_jobs), minilm_tokenizer)
         assert short.max() < 64
+
+
+class TestContextTerse:
+    def test_sentence_writes_features_as_percentages(self, calling_jobs, calling_features):
+        position = int(np.flatnonzero(calling_jobs["job_type"] == "compute")[0])
+        row = calling_features.iloc[position]
+        percent = {
+            name: str(round(100 * row[column]))
+            for name, column in (
+                ("run", "runtime_ratio"),
+                ("cpu", "cpu_ratio"),
+                ("in", "stage_in_ratio"),
+                ("out", "stage_out_ratio"),
+                ("host run", "host_runtime_median"),
+                ("host in", "host_stage_in_median"),
+                ("slow", "host_runtime_share_high"),
+            )
+        }
+        expected = (
+            f"{calling_jobs['transformation'].iloc[position]} run {percent['run']} "
+            f"cpu {percent['cpu']} in {percent['in']} out {percent['out']} "
+            f"host {int(row['host_jobs'])} run {percent['host run']} "
+            f"in {percent['host in']} slow {percent['slow']}"
+        )
+        assert get_template("context_terse")(calling_jobs)[position] == expected
+
+    def test_missing_value_is_a_dash(self, calling_jobs):
+        # Alone in its table, the job is its own run median (100 %); it staged
+        # nothing in or out, so those ratios are missing.
+        first = calling_jobs.iloc[:1]
+        assert first["stage_in_delay"].isna().all()
+        assert get_template("context_terse")(first) == [
+            "pegasus::dirmanager run 100 cpu 100 in - out - host 1 run 100 in - slow 0"
+        ]
+
+    def test_fewer_tokens_than_terse(self, calling_jobs, minilm_tokenizer):
+        terse = count_tokens(get_template("terse")(calling_jobs), minilm_tokenizer)
+        short = count_tokens(get_template("context_terse")(calling_jobs), minilm_tokenizer)
+        assert short.mean() < terse.mean()
+        assert short.max() <= 40

@@ -17,6 +17,7 @@ from flowad.exceptions import BackendError, NotFittedError, UnmappedReplyError
 from flowad.icl import (
     FewShotDetector,
     UnmappedReplyWarning,
+    _neighbour_features,
     class_statistics,
     parse_label,
     stratified_sample,
@@ -163,6 +164,11 @@ class TestFewShotDetector:
             ({"shots": -1}, "shots must be a non-negative integer, got -1"),
             ({"chain_of_thought": True}, "chain_of_thought needs a generated reply"),
             ({"on_unmapped": "guess"}, "on_unmapped must be one of"),
+            ({"neighbours": "hosts"}, "neighbours must be one of"),
+            (
+                {"shots": 2, "selection": "nearest", "neighbours": "context"},
+                "neighbours='context' compares run-context features",
+            ),
         ],
     )
     def test_invalid_arguments_raise(self, parts, kwargs, message):
@@ -217,17 +223,38 @@ class TestFewShotDetector:
         prompts = detector.build_prompts(train, positions=positions)
         for prompt, position in zip(prompts, positions):
             assert prompt.shared.endswith("\n\n")
-            blocks = prompt.job.split("\n\n")
-            examples = [
-                block.split("\n") for block in blocks if block.startswith(JOB_OPEN)
-            ]
-            query = prompt.job.split("Label this job:\n")[1].split("\n")
-            assert len(examples) == 3
+            blocks = [block.split("\n") for block in prompt.job.split("\n\n")]
+            # Three labelled examples, then the job to label written the same way.
+            *examples, query = blocks
+            assert [example[-1].startswith("Label: ") for example in examples] == [
+                True
+            ] * 3
+            assert query[0] == JOB_OPEN and query[-1] == JOB_CLOSE
             transformation = train["transformation"].iloc[position]
             for example in examples:
                 assert example[1] == f'transformation: "{transformation}"'
             # A training job is its own nearest neighbour, at distance zero.
             assert _fields_of(examples[-1]) == _fields_of(query)
+
+    @pytest.mark.parametrize("neighbours", ["ratios", "context"])
+    def test_nearest_on_run_context_features(self, montage_jobs, neighbours):
+        # A training job is its own nearest neighbour under every feature set.
+        detector = FewShotDetector(
+            ScriptedBackend(),
+            template="context",
+            shots=2,
+            selection="nearest",
+            neighbours=neighbours,
+            use_stats=False,
+            calibration="none",
+        ).fit(montage_jobs)
+        assert detector.neighbours_ == neighbours
+        positions = [3, 40, 200]
+        chosen = detector._nearest_examples(montage_jobs, np.array(positions))
+        features = _neighbour_features(montage_jobs, neighbours)
+        for position, found in zip(positions, chosen):
+            assert len(found) == 2
+            np.testing.assert_array_equal(features[found[-1]], features[position])
 
     def test_no_stats_leaves_block_out(self, parts):
         detector = FewShotDetector(

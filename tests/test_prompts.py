@@ -91,11 +91,8 @@ class TestBuildPrompt:
     def test_zero_shot_prompt_exact_text(self):
         prompt = build_prompt({"measurements": "wms 5 s"})
         assert prompt.system == SYSTEM_PROMPT
-        assert prompt.shared == TASK_INSTRUCTION + "\n\n"
-        assert prompt.job == (
-            'Label this job:\n<job>\nmeasurements: "wms 5 s"\n</job>\n\n'
-            + ANSWER_INSTRUCTION
-        )
+        assert prompt.shared == TASK_INSTRUCTION + "\n" + ANSWER_INSTRUCTION + "\n\n"
+        assert prompt.job == '<job>\nmeasurements: "wms 5 s"\n</job>'
         assert prompt.answer_prefix == ANSWER_PREFIX
 
     def test_stats_and_shared_examples_go_to_shared_part(self):
@@ -104,26 +101,42 @@ class TestBuildPrompt:
             {"measurements": "wms 5 s"}, stats_block="STATS", shared_examples=[example]
         )
         assert prompt.shared == (
-            f"{TASK_INSTRUCTION}\n\nSTATS\n\n{EXAMPLES_HEADER}\n\n{example}\n\n"
+            f"{TASK_INSTRUCTION}\n{ANSWER_INSTRUCTION}\n\nSTATS\n\n{example}\n\n"
         )
-        assert prompt.job.startswith("Label this job:\n")
+        assert prompt.job == '<job>\nmeasurements: "wms 5 s"\n</job>'
+
+    def test_query_is_written_like_the_examples(self):
+        # The label line that follows the query must continue the examples'
+        # pattern: nothing between the last example, the job block and the reply.
+        example = format_example({"measurements": "wms 9 s"}, 1)
+        prompt = build_prompt({"measurements": "wms 5 s"}, job_examples=[example])
+        query = format_job_block({"measurements": "wms 5 s"})
+        assert prompt.job == f"{example}\n\n{query}"
+        assert example == f"{format_job_block({'measurements': 'wms 9 s'})}\nLabel: Abnormal"
+        assert prompt.answer_prefix == "Label:"
 
     def test_job_examples_go_to_job_part(self):
         example = format_example({"measurements": "wms 9 s"}, 1)
         prompt = build_prompt({"measurements": "wms 5 s"}, job_examples=[example])
-        assert prompt.shared == TASK_INSTRUCTION + "\n\n"
-        assert prompt.job.startswith(
-            f"{EXAMPLES_HEADER}\n\n{example}\n\nLabel this job:"
-        )
+        assert prompt.shared == TASK_INSTRUCTION + "\n" + ANSWER_INSTRUCTION + "\n\n"
+        assert prompt.job.startswith(f"{example}\n\n<job>")
 
     def test_chain_of_thought_asks_for_reasoning(self):
-        prompt = build_prompt({"measurements": "wms 5 s"}, chain_of_thought=True)
-        assert prompt.job.endswith(COT_INSTRUCTION)
+        example = format_example({"measurements": "wms 9 s"}, 1)
+        prompt = build_prompt(
+            {"measurements": "wms 5 s"}, job_examples=[example], chain_of_thought=True
+        )
+        assert prompt.shared == TASK_INSTRUCTION + "\n\n"
+        assert prompt.job == (
+            f"{EXAMPLES_HEADER}\n\n{example}\n\nLabel this job:\n"
+            f'<job>\nmeasurements: "wms 5 s"\n</job>\n\n{COT_INSTRUCTION}'
+        )
         assert prompt.answer_prefix == ""
 
     def test_generation_prompt_has_no_answer_prefix(self):
         prompt = build_prompt({"measurements": "wms 5 s"}, score_labels=False)
-        assert prompt.job.endswith(ANSWER_INSTRUCTION)
+        assert ANSWER_INSTRUCTION in prompt.shared
+        assert prompt.job.endswith(JOB_CLOSE)
         assert prompt.answer_prefix == ""
 
     def test_injected_text_cannot_change_structure(self):
@@ -142,4 +155,4 @@ class TestBuildPrompt:
         assert not any(line.startswith("Label:") for line in lines)
         transformation = lines[lines.index(JOB_OPEN) + 1]
         assert transformation == f'transformation: "{quote_job_text(INJECTION)}"'
-        assert injected.job.endswith(ANSWER_INSTRUCTION)
+        assert lines[-1] == JOB_CLOSE

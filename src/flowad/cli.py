@@ -751,6 +751,14 @@ def _add_icl_parser(subparsers) -> None:
         help="How examples are chosen (default: balanced).",
     )
     parser.add_argument(
+        "--neighbours",
+        choices=("fields", "ratios", "context"),
+        default=None,
+        help="What --selection nearest compares: published fields, those plus "
+        "run-context ratios, or every run-context feature (default: ratios with "
+        "a run-context template, fields otherwise).",
+    )
+    parser.add_argument(
         "--stats",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -852,6 +860,7 @@ def _cmd_icl(args: argparse.Namespace) -> int:
         template=args.template,
         shots=args.shots,
         selection=args.selection,
+        neighbours=args.neighbours,
         use_stats=args.stats,
         chain_of_thought=args.cot,
         decision=decision,
@@ -881,6 +890,7 @@ def _cmd_icl(args: argparse.Namespace) -> int:
         "template": args.template,
         "shots": args.shots,
         "selection": args.selection,
+        "neighbours": detector.neighbours_ if args.selection == "nearest" else None,
         "stats": args.stats,
         "chain_of_thought": args.cot,
         "decision": decision,

@@ -53,6 +53,11 @@ Templates registered here, all with ``uses_run_context=True``:
 ``context_job``
     The job part of ``context`` without host evidence, for the ablation.
     37 to 41 word pieces per job on average.
+``context_terse``
+    The ratios of ``context_short`` plus stage-out as whole percentages after
+    one word each, no absolute values or units (``individuals run 100 cpu 99
+    in 130 out 83 host 7 run 100 in 100 slow 0``): few word pieces for fast
+    scoring.
 
 Splits that cut runs into parts (``rows``, ``paper``) leave each part with a
 share of every run, so features computed on one part see only that share.
@@ -515,6 +520,47 @@ def render_context_job(jobs: pd.DataFrame) -> list[str]:
     )
 
 
+def _percent_text(value: float) -> str:
+    """Write a ratio as a whole percentage (1.3 -> ``130``), one word piece."""
+    return "-" if math.isnan(value) else str(round(100 * value))
+
+
+def render_context_terse(jobs: pd.DataFrame) -> list[str]:
+    """Render run ratios and host evidence as ``<word> <percent>`` pairs.
+
+    The sentence has no absolute values, units or job type. It starts with the
+    transformation and the job's runtime, CPU time, stage-in and stage-out as a
+    percentage of the run median. Then come the host's job count, the median
+    runtime and stage-in percentages of its jobs, and its share of slow jobs.
+    """
+    features = context_features(jobs)
+    names = ("run", "cpu", "in", "out")
+    measures = ("runtime", "cpu", "stage_in", "stage_out")
+    columns = [features[f"{measure}_ratio"].to_numpy(float) for measure in measures]
+    host = [
+        features[column].to_numpy(float)
+        for column in (
+            "host_jobs",
+            "host_runtime_median",
+            "host_stage_in_median",
+            "host_runtime_share_high",
+        )
+    ]
+    sentences = []
+    for transformation, *values in zip(jobs["transformation"].astype(str), *columns, *host):
+        job_values, (jobs_on_host, host_run, host_in, slow) = values[:4], values[4:]
+        words = [transformation]
+        words += [f"{name} {_percent_text(value)}" for name, value in zip(names, job_values)]
+        words += [
+            f"host {format_number(jobs_on_host, digits=2)}",
+            f"run {_percent_text(host_run)}",
+            f"in {_percent_text(host_in)}",
+            f"slow {_percent_text(slow)}",
+        ]
+        sentences.append(" ".join(words))
+    return sentences
+
+
 _CONTEXT_FIELDS = tuple(
     dict.fromkeys(
         [*REQUIRED_COLUMNS, "kickstart_executables_cpu_time", *PUBLISHED_FIELDS]
@@ -524,6 +570,7 @@ for _name, _render in (
     ("context", render_context),
     ("context_short", render_context_short),
     ("context_job", render_context_job),
+    ("context_terse", render_context_terse),
 ):
     register_template(
         Template(_name, _CONTEXT_FIELDS, _render, uses_run_context=True),

@@ -154,15 +154,28 @@ def stratified_sample(labels: Sequence[int], size: int, *, seed: int = 0) -> np.
     return np.sort(np.array(chosen, dtype=int))
 
 
-def _neighbour_features(jobs: pd.DataFrame, *, run_context: bool) -> np.ndarray:
+NEIGHBOUR_FEATURES = ("fields", "ratios", "context")
+
+
+def _neighbour_features(jobs: pd.DataFrame, kind: str) -> np.ndarray:
     """Return the numeric features that nearest-neighbour selection compares.
 
-    Durations and byte counts span orders of magnitude, so they are compared
-    on a log scale. A missing value becomes -1, apart from every real value.
+    ``fields`` are the published fields; ``ratios`` adds each run-context
+    ratio against the same transformation on other hosts; ``context`` is every
+    numeric run-context feature (:func:`flowad.context.context_features`).
+    Durations, byte counts and ratios span orders of magnitude, so they are
+    compared on a (signed) log scale; a missing field becomes -1, apart from
+    every real value, and a missing context value 0.
     """
+    if kind == "context":
+        from flowad.context import context_features
+
+        values = context_features(jobs).select_dtypes("number").to_numpy(float)
+        values = np.where(np.isfinite(values), values, 0.0)
+        return np.sign(values) * np.log1p(np.abs(values))
     values = jobs[list(PUBLISHED_FIELDS)].to_numpy(dtype=float)
     features = [np.where(np.isnan(values), -1.0, np.log1p(np.clip(values, 0, None)))]
-    if run_context:
+    if kind == "ratios":
         from flowad.context import context_features
 
         ratios = context_features(jobs).filter(like="_ratio_others").to_numpy(float)
@@ -234,6 +247,12 @@ class FewShotDetector:
         transformation closest in numeric fields and puts the nearest last.
         These examples differ per job, so they are not part of the shared
         prefix and every job reads them.
+    neighbours : {"fields", "ratios", "context"}, optional
+        What ``nearest`` compares: the published fields (the default for
+        templates without run context), those plus each run-context ratio to
+        other hosts (``ratios``, the default for run-context templates), or
+        every numeric run-context feature (``context``). Which is best depends
+        on the workflow: choose on validation jobs.
     use_stats
         Include the class-statistics block computed on the training jobs
         (default True).
@@ -291,6 +310,7 @@ class FewShotDetector:
         template: str = "compact",
         shots: int = 0,
         selection: str = "balanced",
+        neighbours: str | None = None,
         use_stats: bool = True,
         chain_of_thought: bool = False,
         decision: str = "score",
@@ -306,6 +326,7 @@ class FewShotDetector:
         self.template = template
         self.shots = shots
         self.selection = selection
+        self.neighbours = neighbours
         self.use_stats = use_stats
         self.chain_of_thought = chain_of_thought
         self.decision = decision
@@ -322,6 +343,7 @@ class FewShotDetector:
     def _check_params(self) -> None:
         for name, value, choices in (
             ("selection", self.selection, SELECTIONS),
+            ("neighbours", self.neighbours, (None, *NEIGHBOUR_FEATURES)),
             ("decision", self.decision, DECISIONS),
             ("calibration", self.calibration, CALIBRATIONS),
             ("on_unmapped", self.on_unmapped, UNMAPPED_POLICIES),
@@ -376,6 +398,15 @@ class FewShotDetector:
         self.backend_ = self.backend if self.backend is not None else LocalCausalLM()
         self._check_params()
         self.template_ = get_template(self.template)
+        self.neighbours_ = self.neighbours or (
+            "ratios" if self.template_.uses_run_context else "fields"
+        )
+        if self.neighbours_ != "fields" and not self.template_.uses_run_context:
+            raise ValueError(
+                f"neighbours={self.neighbours_!r} compares run-context features; "
+                "use a run-context template (for example 'context') or "
+                "neighbours='fields'"
+            )
         if (
             self.shots > 0
             and train_jobs["label"].nunique() < 2
@@ -437,9 +468,7 @@ class FewShotDetector:
         """Index training jobs per transformation for nearest-neighbour examples."""
         from sklearn.neighbors import NearestNeighbors
 
-        features = _neighbour_features(
-            train_jobs, run_context=self.template_.uses_run_context
-        )
+        features = _neighbour_features(train_jobs, self.neighbours_)
         self.feature_mean_ = features.mean(axis=0)
         self.feature_scale_ = features.std(axis=0) + 1e-9
         scaled = (features - self.feature_mean_) / self.feature_scale_
@@ -461,9 +490,7 @@ class FewShotDetector:
         self, jobs: pd.DataFrame, positions: np.ndarray
     ) -> list[np.ndarray]:
         """Return per selected job the training positions of its neighbours."""
-        features = _neighbour_features(
-            jobs, run_context=self.template_.uses_run_context
-        )
+        features = _neighbour_features(jobs, self.neighbours_)
         scaled = (features[positions] - self.feature_mean_) / self.feature_scale_
         groups = jobs["transformation"].astype(str).to_numpy()[positions]
         result: list[np.ndarray] = [np.array([], dtype=int)] * len(positions)

@@ -12,12 +12,13 @@ A prompt has four parts (see :class:`Prompt`):
 ``system``
     :data:`SYSTEM_PROMPT`, the system-administrator role.
 ``shared``
-    Text common to many jobs: :data:`TASK_INSTRUCTION`, the class statistics
+    Text common to many jobs: :data:`TASK_INSTRUCTION` (and
+    :data:`ANSWER_INSTRUCTION` when only a label is asked for), the class statistics
     and the few-shot examples when they do not depend on the job. A local
     backend encodes it once and reuses its key/value cache.
 ``job``
-    Per-job text: examples chosen for this job (nearest neighbours), the job
-    block and the answer request.
+    Per-job text: examples chosen for this job (nearest neighbours) and the
+    job block; with chain of thought also the request for reasoning.
 ``answer_prefix``
     Start of the assistant reply (:data:`ANSWER_PREFIX` when labels are
     scored), so that each label is scored as the same continuation.
@@ -58,7 +59,10 @@ JOB_CLOSE = "</job>"
 JOB_FIELD = '{name}: "{value}"'
 EXAMPLE_BLOCK = "{job_block}\nLabel: {label}"
 QUERY_HEADER = "Label this job:"
-ANSWER_INSTRUCTION = "Answer with one word, Normal or Abnormal."
+ANSWER_INSTRUCTION = (
+    "Labelled jobs may come first. Answer with the label of the last job, one "
+    "word: Normal or Abnormal."
+)
 COT_INSTRUCTION = (
     "Think step by step: compare the job's fields with the statistics and the "
     "examples and explain your reasoning in a few sentences. Then write the final "
@@ -194,19 +198,25 @@ def build_prompt(
         Start the reply with :data:`ANSWER_PREFIX` so that labels are scored
         as its continuation. Ignored with ``chain_of_thought``.
     """
-    shared = [TASK_INSTRUCTION]
+    # A label-only prompt ends with the job block written like the examples, so
+    # the reply continues their pattern (small models copy labels only then).
+    # Reasoning needs its request after the job and headers around the examples.
+    header = EXAMPLES_HEADER + "\n\n" if chain_of_thought else ""
+    instruction = TASK_INSTRUCTION
+    if not chain_of_thought:
+        instruction += "\n" + ANSWER_INSTRUCTION
+    shared = [instruction]
     if stats_block:
         shared.append(stats_block)
     if shared_examples:
-        shared.append(EXAMPLES_HEADER + "\n\n" + "\n\n".join(shared_examples))
+        shared.append(header + "\n\n".join(shared_examples))
     job = []
     if job_examples:
-        if shared_examples:
-            job.append("\n\n".join(job_examples))
-        else:
-            job.append(EXAMPLES_HEADER + "\n\n" + "\n\n".join(job_examples))
-    job.append(QUERY_HEADER + "\n" + format_job_block(job_fields))
-    job.append(COT_INSTRUCTION if chain_of_thought else ANSWER_INSTRUCTION)
+        job.append(("" if shared_examples else header) + "\n\n".join(job_examples))
+    if chain_of_thought:
+        job += [QUERY_HEADER + "\n" + format_job_block(job_fields), COT_INSTRUCTION]
+    else:
+        job.append(format_job_block(job_fields))
     answer_prefix = ANSWER_PREFIX if score_labels and not chain_of_thought else ""
     # The shared part ends with the blank line that separates it from the job
     # part, so a tokenizer sees the same boundary in every prompt.
