@@ -471,6 +471,21 @@ class TestIclCommand:
         assert "Think step by step" in server.requests[0]["messages"][1]["content"]
         assert "metrics written to" in capsys.readouterr().out
 
+    def test_nearest_context_neighbours_recorded(self, fixtures_dir, tmp_path):
+        out = tmp_path / "icl"
+        with MockChatServer(default=("reply", "Normal")) as server:
+            options = ["--model", "mock-model", "--base-url", server.url]
+            options += ["--max-jobs", "4", "--template", "context", "--no-stats"]
+            options += ["--shots", "2", "--selection", "nearest", "--neighbours", "context"]
+            status = main(_icl_command(fixtures_dir, out, *options))
+        assert status == 0
+        meta = json.loads((out / "metrics.json").read_text())["meta"]
+        assert meta["neighbours"] == "context"
+        # Two labelled examples, then the job block as the last line of the prompt.
+        user = server.requests[0]["messages"][1]["content"]
+        assert user.count("\nLabel: ") == 2
+        assert user.endswith("</job>")
+
     def test_openai_backend_needs_model(self, fixtures_dir, tmp_path, capsys):
         status = main(_icl_command(fixtures_dir, tmp_path))
         assert status == 2
