@@ -308,3 +308,10 @@ class TestContextTerse:
         short = count_tokens(get_template("context_terse")(calling_jobs), minilm_tokenizer)
         assert short.mean() < terse.mean()
         assert short.max() <= 40
+
+    def test_bare_drops_the_words(self, calling_jobs):
+        terse = get_template("context_terse")(calling_jobs)
+        bare = get_template("context_bare")(calling_jobs)
+        for with_words, without in zip(terse, bare):
+            words = with_words.split(" ")
+            assert without.split(" ") == [words[0], *words[2::2]]

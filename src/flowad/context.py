@@ -58,6 +58,9 @@ Templates registered here, all with ``uses_run_context=True``:
     one word each, no absolute values or units (``individuals run 100 cpu 99
     in 130 out 83 host 7 run 100 in 100 slow 0``): few word pieces for fast
     scoring.
+``context_bare``
+    The values of ``context_terse`` without their words
+    (``individuals 100 99 130 83 7 100 100 0``), 11 word pieces per 1000genome job.
 
 Splits that cut runs into parts (``rows``, ``paper``) leave each part with a
 share of every run, so features computed on one part see only that share.
@@ -525,6 +528,43 @@ def _percent_text(value: float) -> str:
     return "-" if math.isnan(value) else str(round(100 * value))
 
 
+def _terse_context_values(jobs: pd.DataFrame) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Return per job its transformation and the ``(word, value)`` pairs to write.
+
+    The pairs are the job's runtime, CPU time, stage-in and stage-out as a
+    percentage of the run median, and the host's job count. Then come the
+    median runtime and stage-in percentages of the host's jobs and its share
+    of slow jobs.
+    """
+    features = context_features(jobs)
+    column_by_word = {
+        "run": "runtime_ratio",
+        "cpu": "cpu_ratio",
+        "in": "stage_in_ratio",
+        "out": "stage_out_ratio",
+        "host": "host_jobs",
+        "host run": "host_runtime_median",
+        "host in": "host_stage_in_median",
+        "slow": "host_runtime_share_high",
+    }
+    columns = {
+        word: features[column].to_numpy(float) for word, column in column_by_word.items()
+    }
+    rows = []
+    for position, transformation in enumerate(jobs["transformation"].astype(str)):
+        pairs = []
+        for word, values in columns.items():
+            value = values[position]
+            if word == "host":
+                text = "-" if math.isnan(value) else format_number(value, digits=2)
+            else:
+                text = _percent_text(value)
+            # "host run" and "host in" are written as "run" and "in" after the host count.
+            pairs.append((word.split()[-1], text))
+        rows.append((transformation, pairs))
+    return rows
+
+
 def render_context_terse(jobs: pd.DataFrame) -> list[str]:
     """Render run ratios and host evidence as ``<word> <percent>`` pairs.
 
@@ -533,32 +573,18 @@ def render_context_terse(jobs: pd.DataFrame) -> list[str]:
     percentage of the run median. Then come the host's job count, the median
     runtime and stage-in percentages of its jobs, and its share of slow jobs.
     """
-    features = context_features(jobs)
-    names = ("run", "cpu", "in", "out")
-    measures = ("runtime", "cpu", "stage_in", "stage_out")
-    columns = [features[f"{measure}_ratio"].to_numpy(float) for measure in measures]
-    host = [
-        features[column].to_numpy(float)
-        for column in (
-            "host_jobs",
-            "host_runtime_median",
-            "host_stage_in_median",
-            "host_runtime_share_high",
-        )
+    return [
+        " ".join([transformation, *(f"{name} {text}" for name, text in pairs)])
+        for transformation, pairs in _terse_context_values(jobs)
     ]
-    sentences = []
-    for transformation, *values in zip(jobs["transformation"].astype(str), *columns, *host):
-        job_values, (jobs_on_host, host_run, host_in, slow) = values[:4], values[4:]
-        words = [transformation]
-        words += [f"{name} {_percent_text(value)}" for name, value in zip(names, job_values)]
-        words += [
-            f"host {format_number(jobs_on_host, digits=2)}",
-            f"run {_percent_text(host_run)}",
-            f"in {_percent_text(host_in)}",
-            f"slow {_percent_text(slow)}",
-        ]
-        sentences.append(" ".join(words))
-    return sentences
+
+
+def render_context_bare(jobs: pd.DataFrame) -> list[str]:
+    """Render the values of ``context_terse`` without their words."""
+    return [
+        " ".join([transformation, *(text for _, text in pairs)])
+        for transformation, pairs in _terse_context_values(jobs)
+    ]
 
 
 _CONTEXT_FIELDS = tuple(
@@ -571,6 +597,7 @@ for _name, _render in (
     ("context_short", render_context_short),
     ("context_job", render_context_job),
     ("context_terse", render_context_terse),
+    ("context_bare", render_context_bare),
 ):
     register_template(
         Template(_name, _CONTEXT_FIELDS, _render, uses_run_context=True),
