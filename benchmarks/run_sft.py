@@ -323,19 +323,27 @@ def run_summary(args: argparse.Namespace) -> None:
             f"| {document['train_seconds']:.0f} |"
         )
     print()
-    print("| workflow | template | train jobs/s (flowad / reference) | speed-up (CPU time) "
-          "| infer jobs/s (flowad / reference) | speed-up (CPU time) | F1 (flowad / reference) "
+    print("| workflow | template | seed | batch, lr | train jobs/s (flowad / reference) "
+          "| speed-up (CPU time) | infer jobs/s (flowad / reference) | speed-up (CPU time) "
+          "| validation F1 (flowad / reference) | test F1 (flowad / reference) "
           "| peak RSS MB (flowad / reference) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in sorted(RESULTS_DIR.glob("speed-*.json")):
         d = json.loads(path.read_text())
+        settings = d["settings"]
+        batch = settings.get("flowad_batch_size", 32)
+        rate = settings.get("flowad_learning_rate", 5e-5)
+        validation = "-"
+        if "reference_validation_f1" in d:
+            validation = f"{d['validation_f1']:.3f} / {d['reference_validation_f1']:.3f}"
         print(
-            f"| {d['workflow']} | {d['template']} "
+            f"| {d['workflow']} | {d['template']} | {d['seed']} | {batch}, {rate:g} "
             f"| {d['train_jobs_per_s']:.1f} / {d['reference_train_jobs_per_s']:.1f} "
             f"| {d['train_speedup']:.2f}x ({d['train_speedup_cpu']:.2f}x) "
             f"| {d['infer_jobs_per_s']:.1f} / {d['reference_infer_jobs_per_s']:.1f} "
             f"| {d['infer_speedup']:.2f}x ({d['infer_speedup_cpu']:.2f}x) "
-            f"| {d['metrics']['f1']:.4f} / {d['reference_metrics']['f1']:.4f} "
+            f"| {validation} "
+            f"| {d['metrics']['f1']:.3f} / {d['reference_metrics']['f1']:.3f} "
             f"| {d['peak_rss_mb']:.0f} / {d['reference_peak_rss_mb']:.0f} |"
         )
 
