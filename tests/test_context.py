@@ -271,7 +271,7 @@ class TestContextTemplates:
 
 
 class TestContextTerse:
-    def test_sentence_writes_features_as_percentages(self, calling_jobs, calling_features):
+    def test_sentence_writes_percentages(self, calling_jobs, calling_features):
         position = int(np.flatnonzero(calling_jobs["job_type"] == "compute")[0])
         row = calling_features.iloc[position]
         percent = {
@@ -295,7 +295,7 @@ class TestContextTerse:
         assert get_template("context_terse")(calling_jobs)[position] == expected
 
     def test_missing_value_is_a_dash(self, calling_jobs):
-        # Alone in its table, the job is its own run median (100 %); it staged
+        # Alone in its table, the job is its own run median (100 %). It staged
         # nothing in or out, so those ratios are missing.
         first = calling_jobs.iloc[:1]
         assert first["stage_in_delay"].isna().all()

@@ -229,7 +229,8 @@ class TestFewShotDetector:
             assert [example[-1].startswith("Label: ") for example in examples] == [
                 True
             ] * 3
-            assert query[0] == JOB_OPEN and query[-1] == JOB_CLOSE
+            assert query[0] == JOB_OPEN
+            assert query[-1] == JOB_CLOSE
             transformation = train["transformation"].iloc[position]
             for example in examples:
                 assert example[1] == f'transformation: "{transformation}"'

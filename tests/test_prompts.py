@@ -106,8 +106,8 @@ class TestBuildPrompt:
         assert prompt.job == '<job>\nmeasurements: "wms 5 s"\n</job>'
 
     def test_query_is_written_like_the_examples(self):
-        # The label line that follows the query must continue the examples'
-        # pattern: nothing between the last example, the job block and the reply.
+        # The reply must continue the examples' pattern, so nothing comes
+        # between the last example, the job block and the reply.
         example = format_example({"measurements": "wms 9 s"}, 1)
         prompt = build_prompt({"measurements": "wms 5 s"}, job_examples=[example])
         query = format_job_block({"measurements": "wms 5 s"})
