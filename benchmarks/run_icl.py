@@ -143,7 +143,11 @@ def run_quality(args: argparse.Namespace) -> None:
             )
             metrics["unmapped_replies"] = int((details["status"] == "unmapped").sum())
             metrics["skipped_jobs"] = int((~scored).sum())
-            name = f"icl-{workflow}-runs-{args.template}-{config}-seed{args.seed}"
+            # Results of layout 1 keep their old names, so a rerun does not replace them.
+            name = (
+                f"icl-{workflow}-runs-{args.template}-{config}-layout{PROMPT_LAYOUT}"
+                f"-seed{args.seed}"
+            )
             path = write_result(
                 name,
                 {
