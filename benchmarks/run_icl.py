@@ -44,8 +44,8 @@ SECTION_START = "<!-- icl:start -->"
 SECTION_END = "<!-- icl:end -->"
 TARGET_F1 = 0.70
 # Version of the prompt layout in flowad.prompts. Results without the key used
-# layout 1 (headers, and the answer request after the job block). Layout 2 ends
-# label-only prompts with the job block.
+# layout 1, with headers and the request for a label after the job block.
+# Layout 2 ends label-only prompts with the job block.
 PROMPT_LAYOUT = 2
 # Configuration name -> FewShotDetector arguments. Order is priority order:
 # a time budget stops before the later ones.

@@ -524,43 +524,39 @@ def render_context_job(jobs: pd.DataFrame) -> list[str]:
 
 
 def _percent_text(value: float) -> str:
-    """Write a ratio as a whole percentage (1.3 -> ``130``), one word piece."""
+    """Write a ratio as a whole percentage (1.3 -> ``130``), usually one word piece."""
     return "-" if math.isnan(value) else str(round(100 * value))
 
 
-def _terse_context_values(jobs: pd.DataFrame) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Return per job its transformation and the ``(word, value)`` pairs to write.
+def _count_text(value: float) -> str:
+    """Write a job count, or ``-`` when it is missing."""
+    return "-" if math.isnan(value) else format_number(value, digits=2)
 
-    The pairs are the job's runtime, CPU time, stage-in and stage-out as a
-    percentage of the run median, and the host's job count. Then come the
-    median runtime and stage-in percentages of the host's jobs and its share
-    of slow jobs.
-    """
+
+# Word, feature column and formatter of each value in ``context_terse``. The
+# job's own ratios come first, then the host's job count and its evidence.
+_TERSE_CONTEXT_VALUES = (
+    ("run", "runtime_ratio", _percent_text),
+    ("cpu", "cpu_ratio", _percent_text),
+    ("in", "stage_in_ratio", _percent_text),
+    ("out", "stage_out_ratio", _percent_text),
+    ("host", "host_jobs", _count_text),
+    ("run", "host_runtime_median", _percent_text),
+    ("in", "host_stage_in_median", _percent_text),
+    ("slow", "host_runtime_share_high", _percent_text),
+)
+
+
+def _terse_context_values(jobs: pd.DataFrame) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Return per job its transformation and the ``(word, value)`` pairs to write."""
     features = context_features(jobs)
-    column_by_word = {
-        "run": "runtime_ratio",
-        "cpu": "cpu_ratio",
-        "in": "stage_in_ratio",
-        "out": "stage_out_ratio",
-        "host": "host_jobs",
-        "host run": "host_runtime_median",
-        "host in": "host_stage_in_median",
-        "slow": "host_runtime_share_high",
-    }
-    columns = {
-        word: features[column].to_numpy(float) for word, column in column_by_word.items()
-    }
+    columns = [
+        (word, features[column].to_numpy(float), write)
+        for word, column, write in _TERSE_CONTEXT_VALUES
+    ]
     rows = []
     for position, transformation in enumerate(jobs["transformation"].astype(str)):
-        pairs = []
-        for word, values in columns.items():
-            value = values[position]
-            if word == "host":
-                text = "-" if math.isnan(value) else format_number(value, digits=2)
-            else:
-                text = _percent_text(value)
-            # "host run" and "host in" are written as "run" and "in" after the host count.
-            pairs.append((word.split()[-1], text))
+        pairs = [(word, write(values[position])) for word, values, write in columns]
         rows.append((transformation, pairs))
     return rows
 

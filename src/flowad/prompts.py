@@ -18,7 +18,7 @@ A prompt has four parts (see :class:`Prompt`):
     backend encodes it once and reuses its key/value cache.
 ``job``
     Per-job text: examples chosen for this job (nearest neighbours) and the
-    job block; with chain of thought also the request for reasoning.
+    job block. With chain of thought it also contains the request for reasoning.
 ``answer_prefix``
     Start of the assistant reply (:data:`ANSWER_PREFIX` when labels are
     scored), so that each label is scored as the same continuation.
@@ -199,8 +199,8 @@ def build_prompt(
         as its continuation. Ignored with ``chain_of_thought``.
     """
     # A label-only prompt ends with the job block written like the examples, so
-    # the reply continues their pattern (small models copy labels only then).
-    # Reasoning needs its request after the job and headers around the examples.
+    # the reply continues their pattern. SmolLM2-135M followed the examples'
+    # labels only in this layout. Reasoning needs its request after the job.
     header = EXAMPLES_HEADER + "\n\n" if chain_of_thought else ""
     instruction = TASK_INSTRUCTION
     if not chain_of_thought:
