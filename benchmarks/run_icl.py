@@ -75,6 +75,13 @@ CONFIGS = {
         decision="generate",
         on_unmapped="skip",
     ),
+    "nearest4-nostats-generate": dict(
+        shots=4,
+        selection="nearest",
+        use_stats=False,
+        decision="generate",
+        on_unmapped="skip",
+    ),
 }
 
 logger = logging.getLogger("run_icl")
@@ -89,6 +96,11 @@ def _load_workflow(data_root: Path, workflow: str, seed: int):
         split.part(jobs, "validation"),
         split.part(jobs, "test"),
     )
+
+
+def _slug(model: str) -> str:
+    """Return a model argument as a file-name part (``qwen2.5-coder-0.5b``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).name).strip("-")
 
 
 def _backend(args):
@@ -135,18 +147,34 @@ def run_quality(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - predict_start
             scored = details["score"].notna().to_numpy()
             selected = test.iloc[positions]
-            metrics = compute_metrics(
-                selected["label"].to_numpy()[scored],
-                details["score"].to_numpy()[scored],
-                threshold=0.5,
-                anomaly_types=selected["anomaly_type"].to_numpy()[scored],
-            )
+            if scored.any():
+                metrics = compute_metrics(
+                    selected["label"].to_numpy()[scored],
+                    details["score"].to_numpy()[scored],
+                    threshold=0.5,
+                    anomaly_types=selected["anomaly_type"].to_numpy()[scored],
+                )
+            else:
+                # Every reply was skipped: no metric exists, but the run is kept.
+                labels = selected["label"].to_numpy()
+                metrics = {
+                    "jobs": 0,
+                    "anomalous": 0,
+                    "sample_anomalous": int(labels.sum()),
+                    "sample_jobs": len(labels),
+                    "f1": None,
+                    "roc_auc": None,
+                    "pr_auc": None,
+                }
+            metrics["example_replies"] = details["explanation"].head(3).tolist()
             metrics["unmapped_replies"] = int((details["status"] == "unmapped").sum())
             metrics["skipped_jobs"] = int((~scored).sum())
             # Results of layout 1 keep their old names, so a rerun does not replace them.
+            # Results of the default model keep names without a model part.
+            model = f"-{_slug(args.model)}" if args.model else ""
             name = (
                 f"icl-{workflow}-runs-{args.template}-{config}-layout{PROMPT_LAYOUT}"
-                f"-seed{args.seed}"
+                f"{model}-seed{args.seed}"
             )
             path = write_result(
                 name,
@@ -172,7 +200,7 @@ def run_quality(args: argparse.Namespace) -> None:
                 },
             )
             logger.info(
-                "%s %s: F1 %.3f ROC-AUC %s, %.2f jobs/s -> %s",
+                "%s %s: F1 %s ROC-AUC %s, %.2f jobs/s -> %s",
                 workflow,
                 config,
                 metrics["f1"],
@@ -239,6 +267,7 @@ def run_speed(args: argparse.Namespace) -> None:
         "model": backend.model_name,
         "seed": args.seed,
         "config": "speed-balanced4-stats",
+        "prompt_layout": PROMPT_LAYOUT,
         "scored_jobs": len(prompts),
         "generated_jobs": len(generate_prompts),
         "shared_tokens": len(shared),
@@ -259,6 +288,18 @@ def run_speed(args: argparse.Namespace) -> None:
 
 def _number(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _machine(document: dict) -> str:
+    """Return a result's machine line without the Python version."""
+    return re.sub(r"\(\d+ threads\).*", "", document["machine"]).rstrip(", ")
+
+
+def _flag_all_f1(metrics: dict) -> float:
+    """Return the F1 of flagging every job of the sample: the floor to beat."""
+    jobs = metrics.get("sample_jobs", metrics["jobs"])
+    share = metrics.get("sample_anomalous", metrics["anomalous"]) / jobs
+    return 2 * share / (1 + share)
 
 
 def _threads(document: dict) -> str:
@@ -286,8 +327,7 @@ def _quality_table(documents: list[dict]) -> list[str]:
     for document in sorted(documents, key=key):
         metrics = document["metrics"]
         # F1 of flagging every job: the floor a useful detector must beat.
-        share = metrics["anomalous"] / metrics["jobs"]
-        all_anomalous = 2 * share / (1 + share)
+        all_anomalous = _flag_all_f1(metrics)
         lines.append(
             f"| {document['workflow']} | {document['template']} | {document['config']} "
             f"| {document.get('prompt_layout', 1)} | {document['decision']} "
@@ -300,10 +340,68 @@ def _quality_table(documents: list[dict]) -> list[str]:
     return lines
 
 
+def _main_table(documents: list[dict]) -> list[str]:
+    """Pivot the layout-2 results: one row per model and configuration, one
+    column per workflow holding F1, ROC AUC and jobs/s."""
+    chosen = [
+        d
+        for d in documents
+        if d.get("prompt_layout", 1) == PROMPT_LAYOUT and d["test_jobs"] >= 500
+    ]
+    if not chosen:
+        return []
+    workflows = [w for w in PAPER_WORKFLOWS if any(d["workflow"] == w for d in chosen)]
+    workflows += sorted({d["workflow"] for d in chosen} - set(workflows))
+    cells: dict[tuple, dict] = {}
+    floors: dict[str, float] = {}
+    for document in chosen:
+        key = (document["model"], document["template"], document["config"])
+        cells.setdefault(key, {})[document["workflow"]] = document
+        metrics = document["metrics"]
+        floors.setdefault(document["workflow"], _flag_all_f1(metrics))
+    order = list(CONFIGS)
+    lines = [
+        "| model | template | configuration | decision | "
+        + " | ".join(f"{w} F1 / ROC AUC / jobs/s" for w in workflows)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(workflows),
+    ]
+    for key in sorted(
+        cells, key=lambda k: (k[0], k[1], order.index(k[2]) if k[2] in order else 99)
+    ):
+        row = cells[key]
+        decision = next(iter(row.values()))["decision"]
+        values = []
+        for workflow in workflows:
+            document = row.get(workflow)
+            if document is None:
+                values.append("not run")
+                continue
+            metrics = document["metrics"]
+            skipped = metrics.get("skipped_jobs", 0)
+            note = f" ({skipped} skipped)" if skipped else ""
+            values.append(
+                f"{_number(metrics['f1'])} / {_number(metrics['roc_auc'])} / "
+                f"{_number(document['jobs_per_s'], 2)}{note}"
+            )
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {decision} | " + " | ".join(values) + " |"
+        )
+    lines.append(
+        "| flag every job | | | | "
+        + " | ".join(
+            f"{_number(floors[w])} / 0.500 / -" if w in floors else "" for w in workflows
+        )
+        + " |"
+    )
+    return lines
+
+
 def _speed_lines(document: dict) -> list[str]:
     rates = document["jobs_per_s"]
     return [
-        f"Speed on {document['workflow']} ({document['config']}: "
+        f"Speed on {document['workflow']} ({document['config']}, template "
+        f"{document['template']}, prompt layout {document.get('prompt_layout', 1)}: "
         f"{document['shared_tokens']} shared tokens, {document['job_tokens_first']} "
         f"tokens in the first job's part, {document['scored_jobs']} jobs scored, "
         f"{document['generated_jobs']} generated; {document['machine']}):",
@@ -336,25 +434,33 @@ def run_report(args: argparse.Namespace) -> None:
     if not quality:
         raise SystemExit(f"no ICL results in {RESULTS_DIR}; run the quality mode first")
     sample = quality[0]
+    models = ", ".join(sorted({d["model"] for d in quality}))
     lines = [
         SECTION_START,
         "## In-context learning",
         "",
-        "`flowad.icl.FewShotDetector` (command `flowad icl`) with the packaged "
-        f"{sample['model']} and no weight update (sentence template per row), "
+        "`flowad.icl.FewShotDetector` (command `flowad icl`) with "
+        f"{models} and no weight update (sentence template per row), "
         f"`runs` split with seed {sample['seed']}. Test jobs are a seeded sample of "
         "the test runs, stratified by label. Label scoring subtracts the log-odds "
         "offset with the best F1 on a stratified sample of validation jobs, then "
         "thresholds at 0.5. Generation parses the reply, and replies that map to no "
         "label are skipped and counted.",
         "",
-        f"- Machine: {'; '.join(sorted({d['machine'] for d in documents}))}, shared "
-        "with other jobs (load average above 10 during the runs, so jobs/s are far "
-        "below an idle machine's).",
+        f"- Machine: {'; '.join(sorted({_machine(d) for d in documents}))}. "
+        "Layout 1 rows ran beside other jobs (load average above 10, so their jobs/s "
+        "are far below an idle machine's); layout 2 rows ran as single-thread "
+        "processes, two to four at a time on the two cores.",
         "- Commands: `python benchmarks/run_icl.py quality|speed --data-root "
         "/work/shared/data ...` as stored in each JSON file, then "
         "`python benchmarks/run_icl.py report`.",
         f"- Dates: {', '.join(sorted({d['date'][:10] for d in documents}))}",
+        "",
+        f"### Prompt layout {PROMPT_LAYOUT}, samples of 500 test jobs or more",
+        "",
+        *_main_table(quality),
+        "",
+        "### Every run",
         "",
         *_quality_table(quality),
         "",
@@ -383,22 +489,26 @@ def run_report(args: argparse.Namespace) -> None:
         "less changes F1 by up to about 0.02.",
         "",
     ]
-    genome = [d for d in quality if d["workflow"] == "1000genome"]
+    genome = [
+        d
+        for d in quality
+        if d["workflow"] == "1000genome" and d["metrics"]["f1"] is not None
+    ]
     if genome:
         best = max(genome, key=lambda d: d["metrics"]["f1"])
         metrics = best["metrics"]
         reached = "reaches" if metrics["f1"] >= TARGET_F1 else "misses"
-        all_anomalous = (
-            2 * metrics["anomalous"] / (metrics["jobs"] + metrics["anomalous"])
-        )
+        all_anomalous = _flag_all_f1(metrics)
         lines.append(
-            f"Best 1000genome configuration: {best['config']}, F1 "
+            f"Best 1000genome configuration: {best['config']} ({best['model']}, "
+            f"template {best['template']}), F1 "
             f"{metrics['f1']:.3f} on {best['test_jobs']} test jobs, which "
             f"{reached} the F1 {TARGET_F1:.2f} target. Flagging every job of the same "
             f"sample scores F1 {all_anomalous:.3f}."
         )
     inverted = [
-        f"{d['workflow']} {d['config']}"
+        f"{d['workflow']} {d['config']} ({d['template']}, layout "
+        f"{d.get('prompt_layout', 1)})"
         for d in quality
         if d["metrics"]["roc_auc"] is not None and d["metrics"]["roc_auc"] < 0.5
     ]

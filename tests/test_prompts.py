@@ -134,7 +134,7 @@ class TestBuildPrompt:
         assert prompt.answer_prefix == ""
 
     def test_generation_prompt_has_no_answer_prefix(self):
-        prompt = build_prompt({"measurements": "wms 5 s"}, score_labels=False)
+        prompt = build_prompt({"measurements": "wms 5 s"}, start_reply=False)
         assert ANSWER_INSTRUCTION in prompt.shared
         assert prompt.job.endswith(JOB_CLOSE)
         assert prompt.answer_prefix == ""

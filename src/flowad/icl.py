@@ -591,7 +591,8 @@ class FewShotDetector:
             shared_examples=shared,
             job_examples=job_examples,
             chain_of_thought=self.chain_of_thought,
-            score_labels=self.decision == "score",
+            start_reply=self.decision == "score"
+            or getattr(self.backend_, "continues_reply", False),
         )
 
     def build_prompts(
@@ -710,6 +711,9 @@ class FewShotDetector:
                 status[row] = "error"
                 error[row] = str(reply)
                 continue
+            # A started reply ("Label:") is part of the model's answer.
+            if prompts[row].answer_prefix:
+                reply = f"{prompts[row].answer_prefix} {reply}"
             explanation[row] = reply
             label = parse_label(reply)
             if label is not None:

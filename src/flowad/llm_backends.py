@@ -201,9 +201,14 @@ class LLMBackend(ABC):
     ----------
     supports_scoring
         True when :meth:`score_labels` is available.
+    continues_reply
+        True when :meth:`generate` continues a started reply
+        (``prompt.answer_prefix``), so a label-only prompt can open the reply
+        with ``Label:`` as the examples do.
     """
 
     supports_scoring: bool = False
+    continues_reply: bool = False
 
     @property
     @abstractmethod
@@ -261,6 +266,7 @@ class LocalCausalLM(LLMBackend):
     """
 
     supports_scoring = True
+    continues_reply = True
 
     def __init__(
         self,
@@ -744,7 +750,7 @@ class OpenAICompatibleBackend(LLMBackend):
                 raise ValueError(
                     "a chat-completions server cannot continue a started reply "
                     f"({prompt.answer_prefix!r}); build prompts with "
-                    "score_labels=False"
+                    "start_reply=False"
                 )
         logger.info(
             "sending %d prompts to %s (model %s, %d in flight)",

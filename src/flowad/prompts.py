@@ -176,7 +176,7 @@ def build_prompt(
     shared_examples: Sequence[str] = (),
     job_examples: Sequence[str] = (),
     chain_of_thought: bool = False,
-    score_labels: bool = True,
+    start_reply: bool = True,
 ) -> Prompt:
     """Assemble the prompt for one job from the template constants.
 
@@ -194,9 +194,11 @@ def build_prompt(
         after the shared examples.
     chain_of_thought
         Ask for reasoning before the final label line (needs generation).
-    score_labels
-        Start the reply with :data:`ANSWER_PREFIX` so that labels are scored
-        as its continuation. Ignored with ``chain_of_thought``.
+    start_reply
+        Start the reply with :data:`ANSWER_PREFIX`, so that a label is scored
+        or generated as its continuation, as in the examples. Needs a backend
+        that continues a started reply (a local model; a chat-completions
+        server cannot). Ignored with ``chain_of_thought``.
     """
     # A label-only prompt ends with the job block written like the examples, so
     # the reply continues their pattern. SmolLM2-135M followed the examples'
@@ -217,7 +219,7 @@ def build_prompt(
         job += [QUERY_HEADER + "\n" + format_job_block(job_fields), COT_INSTRUCTION]
     else:
         job.append(format_job_block(job_fields))
-    answer_prefix = ANSWER_PREFIX if score_labels and not chain_of_thought else ""
+    answer_prefix = ANSWER_PREFIX if start_reply and not chain_of_thought else ""
     # The shared part ends with the blank line that separates it from the job
     # part, so a tokenizer sees the same boundary in every prompt.
     return Prompt(
