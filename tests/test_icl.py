@@ -354,6 +354,27 @@ class TestFewShotDetector:
             warnings.simplefilter("error", UnmappedReplyWarning)
             detector.predict_details(parts[2], positions=[0, 1])
 
+    def test_generation_starts_reply_only_where_backend_continues(self, parts):
+        plain = ScriptedBackend(["Normal"])
+        FewShotDetector(plain, decision="generate").fit(parts[0]).predict_details(
+            parts[2], positions=[0]
+        )
+        assert plain.prompts[0].answer_prefix == ""
+        continuing = ScriptedBackend(["Abnormal", "no idea"])
+        continuing.continues_reply = True
+        detector = FewShotDetector(
+            continuing, decision="generate", on_unmapped="skip"
+        ).fit(parts[0])
+        with pytest.warns(UnmappedReplyWarning, match=re.escape("1 of 2 replies")):
+            details = detector.predict_details(parts[2], positions=[0, 1])
+        assert continuing.prompts[0].answer_prefix == ANSWER_PREFIX
+        assert details["explanation"].tolist() == [
+            f"{ANSWER_PREFIX} Abnormal",
+            f"{ANSWER_PREFIX} no idea",
+        ]
+        assert details["score"].iloc[0] == 1.0
+        assert details["status"].tolist() == ["ok", "unmapped"]
+
     def test_backend_errors_raise_after_all_jobs(self, parts):
         backend = ScriptedBackend(["Normal", BackendError("job 1: timed out")])
         detector = FewShotDetector(backend, decision="generate").fit(parts[0])
