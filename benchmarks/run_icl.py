@@ -350,6 +350,7 @@ def _main_table(documents: list[dict]) -> list[str]:
     ]
     if not chosen:
         return []
+
     workflows = [w for w in PAPER_WORKFLOWS if any(d["workflow"] == w for d in chosen)]
     workflows += sorted({d["workflow"] for d in chosen} - set(workflows))
     cells: dict[tuple, dict] = {}
@@ -359,6 +360,7 @@ def _main_table(documents: list[dict]) -> list[str]:
         cells.setdefault(key, {})[document["workflow"]] = document
         metrics = document["metrics"]
         floors.setdefault(document["workflow"], _flag_all_f1(metrics))
+
     order = list(CONFIGS)
     lines = [
         "| model | template | configuration | decision | "
@@ -366,6 +368,7 @@ def _main_table(documents: list[dict]) -> list[str]:
         + " |",
         "|---|---|---|---|" + "---|" * len(workflows),
     ]
+
     for key in sorted(
         cells, key=lambda k: (k[0], k[1], order.index(k[2]) if k[2] in order else 99)
     ):

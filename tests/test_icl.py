@@ -354,7 +354,7 @@ class TestFewShotDetector:
             warnings.simplefilter("error", UnmappedReplyWarning)
             detector.predict_details(parts[2], positions=[0, 1])
 
-    def test_generation_starts_reply_only_where_backend_continues(self, parts):
+    def test_started_reply_needs_continuing_backend(self, parts):
         plain = ScriptedBackend(["Normal"])
         FewShotDetector(plain, decision="generate").fit(parts[0]).predict_details(
             parts[2], positions=[0]

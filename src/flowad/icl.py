@@ -711,7 +711,8 @@ class FewShotDetector:
                 status[row] = "error"
                 error[row] = str(reply)
                 continue
-            # A started reply ("Label:") is part of the model's answer.
+            # The started reply ("Label:") belongs to the model output, so it is
+            # joined to the generated text before parsing.
             if prompts[row].answer_prefix:
                 reply = f"{prompts[row].answer_prefix} {reply}"
             explanation[row] = reply
