@@ -400,6 +400,48 @@ def _main_table(documents: list[dict]) -> list[str]:
     return lines
 
 
+def _best_lines(documents: list[dict]) -> list[str]:
+    """Summarise, per workflow and model, the best layout-2 configuration with
+    and without nearest examples against the flag-every-job F1."""
+    chosen = [
+        d
+        for d in documents
+        if d.get("prompt_layout", 1) == PROMPT_LAYOUT
+        and d["test_jobs"] >= 500
+        and d["metrics"]["f1"] is not None
+    ]
+    lines = []
+    for model in sorted({d["model"] for d in chosen}):
+        for workflow in sorted({d["workflow"] for d in chosen}):
+            rows = [
+                d for d in chosen if d["model"] == model and d["workflow"] == workflow
+            ]
+            if not rows:
+                continue
+            nearest = [d for d in rows if d["detector"].get("selection") == "nearest"]
+            other = [d for d in rows if d not in nearest]
+            parts = []
+            for name, group in (
+                ("with nearest examples", nearest),
+                ("without nearest examples", other),
+            ):
+                if group:
+                    best = max(group, key=lambda d: d["metrics"]["f1"])
+                    parts.append(
+                        f"{name} {best['config']} F1 {best['metrics']['f1']:.3f} "
+                        f"(ROC AUC {_number(best['metrics']['roc_auc'])})"
+                    )
+            floor = _flag_all_f1(rows[0]["metrics"])
+            lines.append(
+                f"- {model}, {workflow}: best {'; '.join(parts)}; flagging every "
+                f"job {floor:.3f}."
+            )
+    if lines:
+        lines = ["Best layout-2 configuration per workflow (500 test jobs):", ""] + lines
+        lines.append("")
+    return lines
+
+
 def _speed_lines(document: dict) -> list[str]:
     rates = document["jobs_per_s"]
     return [
@@ -509,6 +551,8 @@ def run_report(args: argparse.Namespace) -> None:
             f"{reached} the F1 {TARGET_F1:.2f} target. Flagging every job of the same "
             f"sample scores F1 {all_anomalous:.3f}."
         )
+    lines.append("")
+    lines.extend(_best_lines(quality))
     inverted = [
         f"{d['workflow']} {d['config']} ({d['template']}, layout "
         f"{d.get('prompt_layout', 1)})"
