@@ -518,7 +518,10 @@ def run_report(args: argparse.Namespace) -> None:
         "field means and standard deviations, `nostats` leaves them out. `platt` "
         "replaces the best-F1 offset with Platt scaling fitted on the validation "
         "log-odds, which can reverse the ranking. `generate` parses a reply of at "
-        "most 8 tokens in place of label scoring.",
+        "most 8 tokens in place of label scoring. On local models the reply starts "
+        "with 'Label:' as in the examples (results from 2026-12-05 07:00 UTC on). "
+        "Generation has no calibration step: the label is the word the model "
+        "writes, with no threshold chosen on validation jobs.",
         "",
         "Prompt layout 1 (before 2026-12-05) wrote 'Labelled examples:' before the "
         "examples, 'Label this job:' before the job and 'Answer with one word, "
