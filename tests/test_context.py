@@ -22,7 +22,7 @@ from flowad.context import (
     drop_attached_context,
 )
 from flowad.data import load_jobs
-from flowad.templates import count_tokens, get_template
+from flowad.templates import count_tokens, format_number, get_template
 
 CONTEXT_TEMPLATES = ("context", "context_short", "context_job")
 
@@ -315,3 +315,36 @@ class TestContextTerse:
         for with_words, without in zip(terse, bare):
             words = with_words.split(" ")
             assert without.split(" ") == [words[0], *words[2::2]]
+
+
+class TestContextFull:
+    def test_sentence_shape(self, calling_jobs):
+        compute = calling_jobs[calling_jobs["job_type"] == "compute"]
+        sentence = get_template("context_full")(compute)[0]
+        assert re.fullmatch(
+            r"\S+ compute: runtime \S+ s \S+x, cpu \S+ s \S+x, share \S+x, "
+            r"stage in \S+ s \S+x, stage out \S+ s \S+x; host \d+ jobs \S+x, "
+            r"node \d+ hosts, runtime \S+x max \S+x node \S+x, stage in \S+x max \S+x, "
+            r"share max \S+x node \S+x, queue max \S+x, \d+% slow",
+            sentence,
+        ), sentence
+
+    def test_writes_host_maxima(self, calling_jobs, calling_features):
+        position = int(np.flatnonzero(calling_jobs["job_type"] == "compute")[0])
+        row = calling_features.iloc[position]
+        sentence = get_template("context_full")(calling_jobs)[position]
+        runtime_max = format_number(row["host_runtime_max"], digits=2)
+        assert f" max {runtime_max}x node " in sentence
+        assert f"node {int(row['node_hosts'])} hosts" in sentence
+
+    def test_labels_do_not_change_sentences(self, calling_jobs):
+        changed = calling_jobs.copy()
+        changed["label"] = 1 - changed["label"]
+        changed["anomaly_type"] = "hdd_5"
+        template = get_template("context_full")
+        assert template.uses_run_context
+        assert template(changed) == template(calling_jobs)
+
+    def test_fits_minilm_length(self, calling_jobs, minilm_tokenizer):
+        tokens = count_tokens(get_template("context_full")(calling_jobs), minilm_tokenizer)
+        assert tokens.max() <= 128

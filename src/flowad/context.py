@@ -61,6 +61,12 @@ Templates registered here, all with ``uses_run_context=True``:
 ``context_bare``
     The values of ``context_terse`` without their words
     (``individuals 100 99 130 83 7 100 100 0``), 11 word pieces per 1000genome job.
+``context_full``
+    ``context`` plus the job's CPU share ratio, the number of containers on
+    the host's machine, the largest runtime, stage-in, CPU-share and queue
+    ratios among the host's jobs, and the host's runtime and CPU share over
+    its machine's (``node``). These are the columns gradient boosting relied
+    on most; 97 to 102 word pieces per job on average.
 
 Splits that cut runs into parts (``rows``, ``paper``) leave each part with a
 share of every run, so features computed on one part see only that share.
@@ -523,6 +529,74 @@ def render_context_job(jobs: pd.DataFrame) -> list[str]:
     )
 
 
+# Host evidence of ``context_full``: groups of (text, feature column), one
+# comma-separated item per group. The columns are the ones whose permutation
+# lowered gradient boosting's average precision most on the validation runs
+# of 1000genome, montage and predict_future_sales (`runs` seed 0). They are
+# the worst job of a host (``_max``), the host against the other containers
+# of its machine (``_vs_node``, written ``node``) and the machine's container
+# count.
+_FULL_HOST_GROUPS = (
+    (
+        ("runtime", "host_runtime_median"),
+        ("max", "host_runtime_max"),
+        ("node", "host_runtime_vs_node"),
+    ),
+    (("stage in", "host_stage_in_median"), ("max", "host_stage_in_max")),
+    (("share max", "host_cpu_share_max"), ("node", "host_cpu_share_vs_node")),
+    (("queue max", "host_queue_max"),),
+)
+# The feature columns a ``context_full`` sentence shows, for tabular baselines
+# that get the same information.
+CONTEXT_FULL_COLUMNS = (
+    "is_compute",
+    "runtime_ratio",
+    "cpu_ratio",
+    "cpu_share_ratio",
+    "stage_in_ratio",
+    "stage_out_ratio",
+    "host_jobs",
+    "host_jobs_ratio",
+    "node_hosts",
+    *(column for group in _FULL_HOST_GROUPS for _, column in group),
+    "host_runtime_share_high",
+)
+
+
+def render_context_full(jobs: pd.DataFrame) -> list[str]:
+    """Render ``context`` plus CPU share and the host's worst jobs and machine.
+
+    The job part adds its CPU share (CPU time over runtime) against the run
+    median. The host part adds the machine's container count, the largest
+    runtime, stage-in, CPU-share and queue ratios among the host's jobs, and
+    the host's median runtime and CPU share over the machine's.
+    """
+    features = context_features(jobs)
+    table = pd.concat(
+        [jobs[["transformation", "job_type", *_measure_columns()]], features], axis=1
+    )
+    sentences = []
+    for row in table.to_dict("records"):
+        job = _job_parts(row, ("runtime", "cpu"))
+        job.append(f"share {_ratio_text(row['cpu_share_ratio'])}")
+        job += _job_parts(row, ("stage_in", "stage_out"))
+        host = [
+            f"host {format_number(row['host_jobs'], digits=2)} jobs "
+            f"{_ratio_text(row['host_jobs_ratio'])}",
+            f"node {format_number(row['node_hosts'], digits=2)} hosts",
+        ]
+        host += [
+            " ".join(f"{text} {_ratio_text(row[column])}" for text, column in group)
+            for group in _FULL_HOST_GROUPS
+        ]
+        share = row["host_runtime_share_high"]
+        if not math.isnan(share):
+            host.append(f"{round(100 * share)}% slow")
+        head = f"{row['transformation']} {row['job_type']}"
+        sentences.append(f"{head}: " + ", ".join(job) + "; " + ", ".join(host))
+    return sentences
+
+
 def _percent_text(value: float) -> str:
     """Write a ratio as a whole percentage (1.3 -> ``130``), usually one word piece."""
     return "-" if math.isnan(value) else str(round(100 * value))
@@ -594,6 +668,7 @@ for _name, _render in (
     ("context_job", render_context_job),
     ("context_terse", render_context_terse),
     ("context_bare", render_context_bare),
+    ("context_full", render_context_full),
 ):
     register_template(
         Template(_name, _CONTEXT_FIELDS, _render, uses_run_context=True),
