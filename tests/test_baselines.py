@@ -79,7 +79,8 @@ class TestBuildFeatures:
 
     def test_unknown_feature_set_raises(self, parts):
         message = (
-            "unknown feature set 'sentences'; choose one of ('published', 'context')"
+            "unknown feature set 'sentences'; choose one of "
+            "('published', 'context', 'context_full')"
         )
         with pytest.raises(ValueError, match=re.escape(message)):
             build_features(parts["test"], "sentences")
@@ -105,6 +106,19 @@ class TestBuildFeatures:
         assert table.shape[1] > len(PUBLISHED_FIELDS)
         assert table.index.equals(parts["test"].index)
         assert not np.isinf(table.to_numpy()).any()
+
+    @pytest.mark.skipif(not HAS_CONTEXT, reason="flowad.context is not written yet")
+    def test_context_full_columns_match_template(self, parts):
+        from flowad.context import CONTEXT_FULL_COLUMNS
+
+        table = build_features(parts["test"], "context_full")
+        assert list(table.columns) == [*PUBLISHED_FIELDS, *CONTEXT_FULL_COLUMNS]
+        every = build_features(parts["test"], "context")
+        assert np.allclose(
+            table[list(CONTEXT_FULL_COLUMNS)].to_numpy(),
+            every[list(CONTEXT_FULL_COLUMNS)].to_numpy(),
+            equal_nan=True,
+        )
 
 
 class TestBaselineDetector:

@@ -25,6 +25,11 @@ Feature sets:
     The same nine fields plus the run-context columns of
     :func:`flowad.context.context_features`, computed per run from the job
     records of the table passed in (never from labels).
+``context_full``
+    The nine fields plus only the run-context columns that the
+    ``context_full`` template writes
+    (:data:`flowad.context.CONTEXT_FULL_COLUMNS`), so a baseline and a
+    language model fine-tuned on that template read the same information.
 
 Missing values stay NaN for ``gbdt``. The other models get median imputation
 plus one indicator column per field that had missing values in training.
@@ -44,7 +49,7 @@ from flowad.templates import PUBLISHED_FIELDS
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("lr", "rf", "gbdt", "iforest")
-FEATURE_SETS = ("published", "context")
+FEATURE_SETS = ("published", "context", "context_full")
 SUPERVISED_MODELS = frozenset({"lr", "rf", "gbdt"})
 
 
@@ -61,7 +66,7 @@ def _context_module():
         if error.name != "flowad.context":
             raise
         raise ImportError(
-            "features='context' needs the module flowad.context, which is not "
+            "context features need the module flowad.context, which is not "
             "installed in this flowad version; use features='published'"
         ) from error
     return context
@@ -73,11 +78,11 @@ def build_features(jobs: pd.DataFrame, features: str = "published") -> pd.DataFr
     Parameters
     ----------
     jobs
-        Job table from :func:`flowad.data.load_jobs`. For ``context`` it must
-        contain whole runs, because context columns compare a job with the
+        Job table from :func:`flowad.data.load_jobs`. For the context sets it
+        must contain whole runs, because context columns compare a job with the
         other jobs of its run.
     features
-        {"published", "context"}.
+        {"published", "context", "context_full"}.
 
     Returns
     -------
@@ -89,7 +94,7 @@ def build_features(jobs: pd.DataFrame, features: str = "published") -> pd.DataFr
     ValueError
         If ``features`` is unknown or a published field is missing.
     ImportError
-        If ``features='context'`` and :mod:`flowad.context` does not exist.
+        If a context set is requested and :mod:`flowad.context` does not exist.
     """
     if features not in FEATURE_SETS:
         raise ValueError(
@@ -102,8 +107,11 @@ def build_features(jobs: pd.DataFrame, features: str = "published") -> pd.DataFr
             "flowad.data.load_jobs"
         )
     table = jobs[list(PUBLISHED_FIELDS)].astype(float)
-    if features == "context":
-        context = _context_module().context_features(jobs)
+    if features in ("context", "context_full"):
+        module = _context_module()
+        context = module.context_features(jobs)
+        if features == "context_full":
+            context = context[list(module.CONTEXT_FULL_COLUMNS)]
         context = context.reindex(jobs.index).astype(float)
         duplicated = [name for name in context.columns if name in table.columns]
         table = pd.concat([table, context.drop(columns=duplicated)], axis=1)
@@ -159,9 +167,10 @@ class BaselineDetector:
         unsupervised: it ignores training labels, so it needs no anomalous
         jobs in training but is usually weaker.
     features
-        {"published", "context"}, default "published". ``context`` adds the
-        run-context columns of :mod:`flowad.context`; pass whole runs to
-        ``fit`` and ``predict_proba`` for those to be meaningful.
+        {"published", "context", "context_full"}, default "published".
+        ``context`` adds every run-context column of :mod:`flowad.context`,
+        ``context_full`` only those the ``context_full`` template writes. Pass
+        whole runs to ``fit`` and ``predict_proba`` for those to be meaningful.
     seed
         Random state of the estimator.
     n_jobs

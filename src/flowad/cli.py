@@ -156,10 +156,10 @@ def _add_baseline_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--features",
-        choices=("published", "context"),
+        choices=("published", "context", "context_full"),
         default="published",
-        help="The nine published fields, or those plus run-context columns "
-        "(default: published).",
+        help="The nine published fields, those plus every run-context column, "
+        "or plus the columns the context_full template writes (default: published).",
     )
     parser.add_argument(
         "--jobs",
