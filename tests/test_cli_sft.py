@@ -8,7 +8,9 @@ import pytest
 from flowad.cli import main
 from flowad.data import load_jobs, run_labels
 
-TINY_TRAINING = ["--epochs", "1", "--max-train-jobs", "150", "--max-validation-jobs", "150", "--no-progress"]
+TINY_TRAINING = [
+    "--epochs", "1", "--max-train-jobs", "150", "--max-validation-jobs", "150", "--threads", "1", "--no-progress"
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +36,16 @@ class TestTrainCommand:
         assert document["seed"] == 0
         assert document["template"] == "compact"
         assert document["train_jobs"] == 150
+        assert document["config"]["num_threads"] == 1
 
     def test_train_unknown_template_fails(self, genome_small_zip, tmp_path, capsys):
-        status = main(["train", "--data", str(genome_small_zip), "--template", "nope", "--out", str(tmp_path)])
-        assert status == 2
-        assert "unknown template 'nope'" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as raised:
+            main(["train", "--data", str(genome_small_zip), "--template", "nope", "--out", str(tmp_path)])
+        assert raised.value.code == 2
+        error = capsys.readouterr().err
+        assert "argument --template: unknown template 'nope'" in error
+        assert "context_full" in error
+        assert not any(tmp_path.iterdir())
 
 
 class TestEvaluateCommand:

@@ -506,6 +506,17 @@ class TestRunValidation:
         assert info.value.row == 9
         assert info.value.field == "stage_in_bytes"
 
+    def test_empty_host_kept_with_warning(self, tmp_path, good_run, caplog):
+        content = _set_cell(good_run, line=6, column="kickstart_hostname", value=b"")
+        path = _write_run(tmp_path, content)
+        caplog.set_level(logging.WARNING, logger="flowad.data")
+
+        jobs = load_jobs(path)
+
+        assert len(jobs) == good_run.count(b"\n") - 1
+        assert "1 job(s) have an empty kickstart_hostname (first on line 6)" in caplog.text
+        assert str(path) in caplog.text
+
     def test_empty_numeric_cell_is_missing(self, tmp_path, good_run):
         path = _write_run(
             tmp_path, _set_cell(good_run, line=6, column="runtime", value=b"")

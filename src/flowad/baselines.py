@@ -28,8 +28,10 @@ Feature sets:
 ``context_full``
     The nine fields plus only the run-context columns that the
     ``context_full`` template writes
-    (:data:`flowad.context.CONTEXT_FULL_COLUMNS`), so a baseline and a
-    language model fine-tuned on that template read the same information.
+    (:data:`flowad.context.CONTEXT_FULL_COLUMNS`). The run context is then
+    the same as a language model fine-tuned on that template reads. The job
+    fields differ: the sentence writes four of the nine (runtime, CPU time,
+    stage-in and stage-out delay) and the transformation name.
 
 Missing values stay NaN for ``gbdt``. The other models get median imputation
 plus one indicator column per field that had missing values in training.

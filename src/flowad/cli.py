@@ -32,12 +32,25 @@ def _add_skip_bad_runs_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _template_name(name: str) -> str:
+    """Check a --template value while parsing, before any data is loaded."""
+    from flowad.templates import get_template
+
+    try:
+        get_template(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return name
+
+
 def _add_template_argument(parser: argparse.ArgumentParser) -> None:
     """Add --template, the name of the template that renders jobs as sentences."""
     parser.add_argument(
         "--template",
+        type=_template_name,
         default="compact",
-        help="Sentence template name (default: %(default)s).",
+        help="Sentence template name, e.g. published, compact, context, "
+        "context_full; see the README for all (default: %(default)s).",
     )
 
 
@@ -282,6 +295,11 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         help="Weight the loss by inverse class frequency.",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for PyTorch; unset keeps PyTorch's default.",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="Hide progress bars."
     )
 
@@ -301,6 +319,7 @@ def _finetune_config(args: argparse.Namespace):
         max_validation_jobs=args.max_validation_jobs,
         class_weight=args.class_weight,
         seed=args.seed,
+        num_threads=args.threads,
         show_progress_bar=not args.no_progress,
     )
 

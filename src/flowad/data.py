@@ -393,6 +393,7 @@ def read_run(run_file: RunFile) -> pd.DataFrame:
             field="job",
         )
     frame = _parse_labels(frame, run_file.source)
+    _warn_missing_hosts(frame, run_file.source)
     match = RUN_NAME_PATTERN.match(run_file.name)
     workflow = match.group("workflow") if match else run_file.name
     frame = frame.drop(columns=[job_column]).assign(
@@ -405,6 +406,23 @@ def read_run(run_file: RunFile) -> pd.DataFrame:
         host=frame["kickstart_hostname"].str.strip(),
     )
     return frame
+
+
+def _warn_missing_hosts(frame: pd.DataFrame, source: str) -> None:
+    """Log a warning when jobs of a run have no ``kickstart_hostname``.
+
+    The jobs are kept. Run-context features group them as one host, so their
+    host evidence describes all of them together.
+    """
+    missing = frame["kickstart_hostname"].fillna("").str.strip().eq("").to_numpy()
+    if missing.any():
+        logger.warning(
+            "%s: %d job(s) have an empty kickstart_hostname (first on line %d); "
+            "run-context features treat them as one host",
+            source,
+            int(missing.sum()),
+            int(np.flatnonzero(missing)[0]) + 2,
+        )
 
 
 def load_jobs(
