@@ -21,6 +21,10 @@
 ``table``
     Print Markdown tables (mean and standard deviation over seeds) of the
     JSON rows this script wrote.
+``ablation``
+    Print one table of template x workflow for a split and seed: test F1,
+    ROC-AUC and validation F1, plus tokens per job and training time for
+    MiniLM, with the gradient-boosting rows beside them.
 
 Thresholds are chosen on the validation runs; test runs are only scored.
 Every run writes one JSON file to ``benchmarks/results/`` named
@@ -268,13 +272,14 @@ def run_sft(args: argparse.Namespace) -> None:
                 )
 
 
-def run_table(args: argparse.Namespace) -> None:
-    """Print the results as one Markdown table per split."""
+def _result_rows():
+    """Return every ``context-*.json`` row as a DataFrame (empty if none)."""
     import pandas as pd
 
     rows = []
     for path in sorted(RESULTS_DIR.glob("context-*.json")):
         document = json.loads(path.read_text())
+        history = document.get("history") or [{}]
         rows.append(
             {
                 "workflow": document["workflow"],
@@ -284,14 +289,22 @@ def run_table(args: argparse.Namespace) -> None:
                 "seed": document["seed"],
                 "f1": document["metrics"]["f1"],
                 "roc_auc": document["metrics"]["roc_auc"],
+                "validation_f1": document.get(
+                    "validation_f1", history[-1].get("validation_f1")
+                ),
                 "tokens": document["tokens_per_job"],
                 "train_seconds": document["train_seconds"],
             }
         )
-    if not rows:
+    return pd.DataFrame(rows)
+
+
+def run_table(args: argparse.Namespace) -> None:
+    """Print the results as one Markdown table per split."""
+    frame = _result_rows()
+    if frame.empty:
         print("no context-*.json results yet")
         return
-    frame = pd.DataFrame(rows)
     for split_name, part in frame.groupby("split", sort=False):
         print(f"\n{split_name} split\n")
         print(
@@ -309,6 +322,38 @@ def run_table(args: argparse.Namespace) -> None:
                 f"{mean_std(group['roc_auc'].tolist())} | {tokens_text} | "
                 f"{group['train_seconds'].mean():.0f} |"
             )
+
+
+def run_ablation(args: argparse.Namespace) -> None:
+    """Print template x workflow for one split and seed, MiniLM beside gradient boosting.
+
+    A MiniLM cell reads ``F1 / ROC-AUC (validation F1), tokens per job, train
+    s``. The gradient-boosting rows use the feature set of the same name (all
+    training jobs, and ``-train6000`` where written).
+    """
+    frame = _result_rows()
+    if frame.empty:
+        print("no context-*.json results yet")
+        return
+    frame = frame[(frame["split"] == args.split) & (frame["seed"] == args.seed)]
+    workflows = [name for name in WORKFLOWS if name in set(frame["workflow"])]
+    print(f"\n{args.split} split, seed {args.seed}\n")
+    print("| method | template / features | " + " | ".join(workflows) + " |")
+    print("|---|---|" + "---|" * len(workflows))
+    for (method, template), group in frame.groupby(["method", "template"]):
+        cells = []
+        for workflow in workflows:
+            match = group[group["workflow"] == workflow]
+            if match.empty:
+                cells.append("-")
+                continue
+            row = match.iloc[0]
+            cell = f"{row['f1']:.3f} / {row['roc_auc']:.3f} ({row['validation_f1']:.3f})"
+            if method == "sft":
+                cell += f", {row['tokens']:.0f} tok, {row['train_seconds']:.0f} s"
+            cells.append(cell)
+        name = "MiniLM" if method == "sft" else "gradient boosting"
+        print(f"| {name} | {template} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +390,21 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("--batch-size", type=int, default=32)
     sft.add_argument("--learning-rate", type=float, default=5e-5)
     commands.add_parser("table", help="Print Markdown tables of the results.")
+    ablation = commands.add_parser(
+        "ablation", help="Print template x workflow for one split and seed."
+    )
+    ablation.add_argument("--split", default="runs")
+    ablation.add_argument("--seed", type=int, default=0)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    {"gbdt": run_gbdt, "sft": run_sft, "table": run_table}[args.command](args)
+    commands_by_name = {
+        "gbdt": run_gbdt,
+        "sft": run_sft,
+        "table": run_table,
+        "ablation": run_ablation,
+    }
+    commands_by_name[args.command](args)
     return 0
 
 
