@@ -328,8 +328,8 @@ def run_ablation(args: argparse.Namespace) -> None:
     """Print template x workflow for one split and seed, MiniLM beside gradient boosting.
 
     A MiniLM cell reads ``F1 / ROC-AUC (validation F1), tokens per job, train
-    s``. The gradient-boosting rows use the feature set of the same name (all
-    training jobs, and ``-train6000`` where written).
+    s``. A gradient-boosting row is named after its feature set, with the
+    suffix ``-trainN`` when it was fitted on N training jobs.
     """
     frame = _result_rows()
     if frame.empty:

@@ -453,20 +453,49 @@ def _job_parts(row: dict, measures: tuple[str, ...]) -> list[str]:
     return parts
 
 
-def _host_parts(row: dict, measures: tuple[str, ...]) -> list[str]:
-    """Describe the job's host: job count and how its jobs compare with others."""
-    parts = [
+def _host_jobs_text(row: dict) -> str:
+    """Write the host's job count and its ratio to the run's typical host."""
+    return (
         f"host {format_number(row['host_jobs'], digits=2)} jobs "
         f"{_ratio_text(row['host_jobs_ratio'])}"
-    ]
+    )
+
+
+def _slow_share_parts(row: dict) -> list[str]:
+    """Write the host's share of slow jobs, or nothing when it is unknown."""
+    share = row["host_runtime_share_high"]
+    return [] if math.isnan(share) else [f"{round(100 * share)}% slow"]
+
+
+def _host_parts(row: dict, measures: tuple[str, ...]) -> list[str]:
+    """Describe the job's host: job count and how its jobs compare with others."""
+    parts = [_host_jobs_text(row)]
     for measure in measures:
         column, _ = MEASURES[measure]
         name = COMPACT_NAMES.get(column, (measure, "s"))[0]
         parts.append(f"{name} {_ratio_text(row[f'host_{measure}_median'])}")
-    share = row["host_runtime_share_high"]
-    if not math.isnan(share):
-        parts.append(f"{round(100 * share)}% slow")
-    return parts
+    return parts + _slow_share_parts(row)
+
+
+def _context_records(jobs: pd.DataFrame) -> list[dict]:
+    """Return one dict per job with its name, type, measures and context features."""
+    features = context_features(jobs)
+    table = pd.concat(
+        [
+            jobs[["transformation", "job_type", *_measure_columns()]],
+            features,
+        ],
+        axis=1,
+    )
+    return table.to_dict("records")
+
+
+def _join_sentence(row: dict, job_parts: list[str], host_parts: list[str]) -> str:
+    """Join ``<transformation> <type>: job parts; host parts`` (no host: no ``;``)."""
+    sentence = f"{row['transformation']} {row['job_type']}: " + ", ".join(job_parts)
+    if host_parts:
+        sentence += "; " + ", ".join(host_parts)
+    return sentence
 
 
 def _render_with_context(
@@ -476,21 +505,10 @@ def _render_with_context(
     host_measures: tuple[str, ...],
 ) -> list[str]:
     """Render ``<transformation> <type>: job values; host evidence`` per job."""
-    features = context_features(jobs)
-    table = pd.concat(
-        [
-            jobs[["transformation", "job_type", *_measure_columns()]],
-            features,
-        ],
-        axis=1,
-    )
     sentences = []
-    for row in table.to_dict("records"):
-        head = f"{row['transformation']} {row['job_type']}"
-        sentence = f"{head}: " + ", ".join(_job_parts(row, job_measures))
-        if host_measures:
-            sentence += "; " + ", ".join(_host_parts(row, host_measures))
-        sentences.append(sentence)
+    for row in _context_records(jobs):
+        host_parts = _host_parts(row, host_measures) if host_measures else []
+        sentences.append(_join_sentence(row, _job_parts(row, job_measures), host_parts))
     return sentences
 
 
@@ -534,7 +552,7 @@ def render_context_job(jobs: pd.DataFrame) -> list[str]:
 # Host evidence of ``context_full``: groups of (text, feature column), one
 # comma-separated item per group. The columns are the ones whose permutation
 # lowered gradient boosting's average precision most on the validation runs
-# of 1000genome, montage and predict_future_sales (`runs` seed 0). They are
+# of 1000genome, montage and predict_future_sales (`runs` split). They are
 # the worst job of a host (``_max``), the host against the other containers
 # of its machine (``_vs_node``, written ``node``) and the machine's container
 # count.
@@ -574,29 +592,23 @@ def render_context_full(jobs: pd.DataFrame) -> list[str]:
     the host's median runtime and CPU share over the machine's. It leaves out
     the host's stage-out ratio.
     """
-    features = context_features(jobs)
-    table = pd.concat(
-        [jobs[["transformation", "job_type", *_measure_columns()]], features], axis=1
-    )
     sentences = []
-    for row in table.to_dict("records"):
+    for row in _context_records(jobs):
         job = _job_parts(row, ("runtime", "cpu"))
         job.append(f"share {_ratio_text(row['cpu_share_ratio'])}")
         job += _job_parts(row, ("stage_in", "stage_out"))
+
         host = [
-            f"host {format_number(row['host_jobs'], digits=2)} jobs "
-            f"{_ratio_text(row['host_jobs_ratio'])}",
+            _host_jobs_text(row),
             f"node {format_number(row['node_hosts'], digits=2)} hosts",
         ]
-        host += [
-            " ".join(f"{text} {_ratio_text(row[column])}" for text, column in group)
-            for group in _FULL_HOST_GROUPS
-        ]
-        share = row["host_runtime_share_high"]
-        if not math.isnan(share):
-            host.append(f"{round(100 * share)}% slow")
-        head = f"{row['transformation']} {row['job_type']}"
-        sentences.append(f"{head}: " + ", ".join(job) + "; " + ", ".join(host))
+        for group in _FULL_HOST_GROUPS:
+            host.append(
+                " ".join(f"{text} {_ratio_text(row[column])}" for text, column in group)
+            )
+        host += _slow_share_parts(row)
+
+        sentences.append(_join_sentence(row, job, host))
     return sentences
 
 

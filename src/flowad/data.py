@@ -393,7 +393,8 @@ def read_run(run_file: RunFile) -> pd.DataFrame:
             field="job",
         )
     frame = _parse_labels(frame, run_file.source)
-    _warn_missing_hosts(frame, run_file.source)
+    hosts = frame["kickstart_hostname"].str.strip()
+    _warn_missing_hosts(hosts, run_file.source)
     match = RUN_NAME_PATTERN.match(run_file.name)
     workflow = match.group("workflow") if match else run_file.name
     frame = frame.drop(columns=[job_column]).assign(
@@ -403,18 +404,19 @@ def read_run(run_file: RunFile) -> pd.DataFrame:
         source=run_file.source,
         job_type=frame["type"].str.strip(),
         transformation=frame["kickstart_transformations"].str.strip(),
-        host=frame["kickstart_hostname"].str.strip(),
+        host=hosts,
     )
     return frame
 
 
-def _warn_missing_hosts(frame: pd.DataFrame, source: str) -> None:
-    """Log a warning when jobs of a run have no ``kickstart_hostname``.
+def _warn_missing_hosts(hosts: pd.Series, source: str) -> None:
+    """Log a warning when jobs of a run have an empty ``kickstart_hostname``.
 
-    The jobs are kept. Run-context features group them as one host, so their
-    host evidence describes all of them together.
+    ``hosts`` is the stripped column, one entry per row of the run file. The
+    jobs are kept. Run-context features group them as one host, so their host
+    evidence describes all of them together.
     """
-    missing = frame["kickstart_hostname"].fillna("").str.strip().eq("").to_numpy()
+    missing = hosts.fillna("").eq("").to_numpy()
     if missing.any():
         logger.warning(
             "%s: %d job(s) have an empty kickstart_hostname (first on line %d); "
